@@ -1,0 +1,134 @@
+"""The spec's chat application, on fastapi-orcs-ws.
+
+Run from the repository root::
+
+    uvicorn examples.chat_app.main:app --port 42069
+
+then open http://127.0.0.1:42069 in two browser tabs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+
+from fastapi_orcs_ws import Connection, Stats, WebSocketManager, WebSocketRouter, get_manager
+
+GENERAL = "general"
+
+
+class RoomPayload(BaseModel):
+    room: str = Field(min_length=1, max_length=100)
+
+
+class ChatMessage(BaseModel):
+    room: str = Field(GENERAL, min_length=1, max_length=100)
+    text: str = Field(min_length=1, max_length=4000)
+
+
+class TypingPayload(BaseModel):
+    room: str = Field(GENERAL, min_length=1, max_length=100)
+
+
+class Welcome(BaseModel):
+    message: str
+    clientId: str
+
+
+class ClientRef(BaseModel):
+    clientId: str
+
+
+class ChatBroadcast(BaseModel):
+    model_config = {"populate_by_name": True}
+
+    from_: str = Field(alias="from")
+    text: str
+    timestamp: datetime
+
+
+router = WebSocketRouter()
+chat = router.ws(
+    "/ws/chat",
+    emits={
+        "welcome": Welcome,
+        "user-joined": ClientRef,
+        "user-left": ClientRef,
+        "user-typing": ClientRef,
+        "message": ChatBroadcast,
+    },
+    summary="Chat rooms",
+    description="Everyone starts in `general`; join and leave other rooms at will.",
+)
+
+
+@chat.on("connect")
+async def connect(ws: Connection) -> None:
+    manager = ws.data.manager
+    client_id = ws.data.client_id
+    await manager.join_room(client_id, GENERAL)
+    await manager.send(ws, "welcome", {"message": "Welcome to chat!", "clientId": client_id})
+    await manager.broadcast_to_room(
+        GENERAL, "user-joined", {"clientId": client_id}, exclude=[client_id]
+    )
+
+
+@chat.on("join")
+async def join(ws: Connection, payload: RoomPayload) -> dict[str, str]:
+    await ws.data.manager.join_room(ws.data.client_id, payload.room)
+    await ws.data.manager.broadcast_to_room(
+        payload.room, "user-joined", {"clientId": ws.data.client_id}, exclude=[ws.data.client_id]
+    )
+    return {"room": payload.room}
+
+
+@chat.on("leave")
+async def leave(ws: Connection, payload: RoomPayload) -> dict[str, str]:
+    await ws.data.manager.leave_room(ws.data.client_id, payload.room)
+    return {"room": payload.room}
+
+
+@chat.on("message")
+async def message(ws: Connection, payload: ChatMessage) -> None:
+    await ws.data.manager.broadcast_to_room(
+        payload.room,
+        "message",
+        {
+            "from": ws.data.client_id,
+            "text": payload.text,
+            "timestamp": datetime.now(UTC).isoformat(),
+        },
+    )
+
+
+@chat.on("typing")
+async def typing(ws: Connection, payload: TypingPayload) -> None:
+    await ws.data.manager.broadcast_to_room(
+        payload.room, "user-typing", {"clientId": ws.data.client_id}, exclude=[ws.data.client_id]
+    )
+
+
+@chat.on("disconnect")
+async def disconnect(ws: Connection) -> None:
+    await ws.data.manager.broadcast_to_room(GENERAL, "user-left", {"clientId": ws.data.client_id})
+
+
+app = FastAPI(title="fastapi-orcs-ws chat")
+app.include_router(router)
+
+_PAGE = Path(__file__).with_name("static") / "index.html"
+
+
+@app.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index() -> str:
+    return _PAGE.read_text(encoding="utf-8")
+
+
+@app.get("/stats")
+async def stats(manager: WebSocketManager = Depends(get_manager)) -> Stats:
+    """Connections, rooms and average room size (the spec's ``getStats()``)."""
+    return await manager.get_stats()

@@ -1,0 +1,56 @@
+"""Real-time WebSocket event routes for FastAPI: named events, rooms, broadcasting, JWT auth."""
+
+from .auth import (
+    Authenticator,
+    AuthOptions,
+    AuthResult,
+    JWTVerifier,
+    TokenVerifier,
+    User,
+    current_user,
+    optional_user,
+)
+from .connection import Connection, ConnectionData
+from .errors import (
+    AuthenticationError,
+    BackendError,
+    ConfigurationError,
+    EventError,
+    WebSocketError,
+)
+from .manager import Stats, WebSocketManager
+from .protocol import CloseCode, ErrorCode
+from .routing import EventRoute, WebSocketRouter, get_manager
+from .server import run, uvicorn_settings
+from .settings import WebSocketSettings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthOptions",
+    "AuthResult",
+    "AuthenticationError",
+    "Authenticator",
+    "BackendError",
+    "CloseCode",
+    "ConfigurationError",
+    "Connection",
+    "ConnectionData",
+    "ErrorCode",
+    "EventError",
+    "EventRoute",
+    "JWTVerifier",
+    "Stats",
+    "TokenVerifier",
+    "User",
+    "WebSocketError",
+    "WebSocketManager",
+    "WebSocketRouter",
+    "WebSocketSettings",
+    "__version__",
+    "current_user",
+    "get_manager",
+    "optional_user",
+    "run",
+    "uvicorn_settings",
+]

@@ -1,0 +1,227 @@
+"""One client connection: its data, its outbound queue and the writer task that drains it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from .protocol import CloseCode, encode, truncate_reason, validate_close_code
+
+if TYPE_CHECKING:
+    from .manager import WebSocketManager
+
+__all__ = ["Connection", "ConnectionData"]
+
+logger = logging.getLogger("fastapi_orcs_ws")
+
+
+@dataclass(slots=True)
+class ConnectionData:
+    """What the spec calls ``ws.data``: identity and context of one connection."""
+
+    client_id: str
+    connected_at: datetime
+    """When the handshake completed (aware, UTC)."""
+    manager: WebSocketManager
+    authenticated: bool = False
+    user: Any = None
+    """The authenticated user (``None`` when anonymous)."""
+    claims: Any = None
+    """The verified token claims, when a token was presented."""
+    state: dict[str, Any] = field(default_factory=dict)
+    """Free space for the application."""
+
+
+class _Close:
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+class Connection:
+    """A connected client, passed to every handler as ``ws``.
+
+    Outbound frames go through a bounded queue drained by one writer task, so a
+    client that stops reading never delays anyone else: when its queue is full it
+    is disconnected with close code 4429 (:attr:`CloseCode.SLOW_CONSUMER`).
+
+    Example:
+        ```python
+        async def message(ws: Connection, payload: dict) -> None:
+            await ws.send("echo", payload)
+        ```
+    """
+
+    __slots__ = (
+        "_close_timeout",
+        "_closed",
+        "_max_queue",
+        "_on_overflow",
+        "_queue",
+        "_receive_scope",
+        "_waiter",
+        "_writer",
+        "data",
+        "websocket",
+    )
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        data: ConnectionData,
+        *,
+        max_queue: int,
+        close_timeout: float,
+    ) -> None:
+        self.websocket = websocket
+        self.data = data
+        self._queue: deque[str | _Close] = deque()
+        self._max_queue = max_queue
+        self._close_timeout = close_timeout
+        self._waiter: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._receive_scope: anyio.CancelScope | None = None
+        self._on_overflow: Any = None
+
+    @property
+    def client_id(self) -> str:
+        """Shortcut for ``ws.data.client_id``."""
+        return self.data.client_id
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closing or closed; sends are then dropped."""
+        return self._closed
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting to be written to this client."""
+        return len(self._queue)
+
+    async def send(self, event: str, payload: Any = None) -> bool:
+        """Queue ``{"event": event, "payload": payload}`` for this client.
+
+        Returns False if the connection is closing (the frame is dropped).
+        """
+        return self.send_frame(encode(event, payload))
+
+    def send_frame(self, frame: str) -> bool:
+        """Queue an already-encoded text frame; never blocks."""
+        if self._closed:
+            return False
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            self._overflow()
+            return False
+        queue.append(frame)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        return True
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close after the frames already queued have been written.
+
+        ``code`` must be a code an application may send (1000-1003, 1007-1014,
+        3000-4999); ``reason`` is cut to the 123 bytes a close frame allows.
+        """
+        validate_close_code(code)
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.append(_Close(code, truncate_reason(reason)))
+        self._wake()
+
+    # -- lifecycle, driven by the route -------------------------------------------------
+
+    def _start(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write_loop(), name=f"ws-writer-{self.data.client_id}"
+        )
+
+    async def _stop(self) -> None:
+        """Stop writing: called once the receive loop has ended."""
+        self._closed = True
+        writer = self._writer
+        if writer is None or writer.done():
+            return
+        if self._queue and self.websocket.application_state == WebSocketState.CONNECTED:
+            # Let a pending close (a kick, a 1009) go out, but never wait on a stalled peer.
+            self._wake()
+            with anyio.move_on_after(self._close_timeout):
+                await asyncio.shield(writer)
+        writer.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait([writer])
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _overflow(self) -> None:
+        """The client stopped reading: drop its backlog and close it with 4429."""
+        self._closed = True
+        self._queue.clear()
+        if self._writer is not None:
+            self._writer.cancel()
+        if self._on_overflow is not None:
+            self._on_overflow(self)
+        asyncio.get_running_loop().create_task(self._close_stalled())
+
+    async def _close_stalled(self) -> None:
+        if self._writer is not None:
+            await asyncio.wait([self._writer])
+        with anyio.move_on_after(self._close_timeout):
+            await self._send_close(CloseCode.SLOW_CONSUMER, "slow consumer")
+        self._end_receive()
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        if self.websocket.application_state != WebSocketState.CONNECTED:
+            return
+        try:
+            await self.websocket.send({"type": "websocket.close", "code": code, "reason": reason})
+        except (OSError, RuntimeError, WebSocketDisconnect):
+            pass  # the peer is already gone
+
+    def _end_receive(self) -> None:
+        if self._receive_scope is not None:
+            self._receive_scope.cancel()
+
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        send = self.websocket.send
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                while queue:
+                    item = queue.popleft()
+                    if isinstance(item, _Close):
+                        queue.clear()
+                        await self._send_close(item.code, item.reason)
+                        self._end_receive()
+                        return
+                    await send({"type": "websocket.send", "text": item})
+                waiter = loop.create_future()
+                self._waiter = waiter
+                await waiter
+        except (OSError, RuntimeError, WebSocketDisconnect) as exc:
+            # The peer went away mid-write; the receive loop sees the disconnect.
+            logger.debug("writer for %s stopped: %r", self.data.client_id, exc)
+            self._closed = True
+            queue.clear()
+            self._end_receive()

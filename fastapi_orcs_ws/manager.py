@@ -1,0 +1,297 @@
+"""WebSocketManager: connections, rooms and delivery rules, on top of a backend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from .backends import Backend, backend_from_url
+from .protocol import CloseCode, encode, truncate_reason, validate_close_code
+from .settings import WebSocketSettings
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["Stats", "WebSocketManager"]
+
+logger = logging.getLogger("fastapi_orcs_ws")
+
+F = TypeVar("F", bound=Callable[..., Any])
+Exclude = str | Iterable[str] | None
+GoneCallback = Callable[[Collection[str]], Awaitable[None]]
+
+
+class Stats(BaseModel):
+    """Connection statistics; serialised with the spec's camelCase keys.
+
+    ``{"connections": 42, "rooms": 5, "averageRoomSize": 8.4, ...}``
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True, frozen=True
+    )
+
+    connections: int
+    rooms: int
+    average_room_size: float
+    slow_consumer_disconnects: int = 0
+    """Clients this process disconnected because they stopped reading (4429)."""
+    backend: str = "memory"
+    backend_healthy: bool = True
+    backend_details: dict[str, Any] = Field(default_factory=dict)
+
+
+class WebSocketManager:
+    """Connections, rooms and broadcasting.
+
+    In-memory by default; pass ``backend="redis://..."`` (or set ``WS_BACKEND_URL``)
+    to share rooms and delivery across processes. Every method that delivers, changes
+    membership or reads it is a coroutine, because a backend may do I/O there.
+
+    Example:
+        ```python
+        manager = WebSocketManager(idle_timeout=60)
+        router = WebSocketRouter(manager=manager)
+
+        @app.post("/announce")
+        async def announce(text: str, manager: WebSocketManager = Depends(get_manager)):
+            return {"delivered": await manager.broadcast("announcement", {"text": text})}
+        ```
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: WebSocketSettings | None = None,
+        backend: Backend | str | None = None,
+        idle_timeout: float | None = None,
+        max_payload_length: int | None = None,
+        send_queue_size: int | None = None,
+    ) -> None:
+        overrides: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("idle_timeout", idle_timeout),
+                ("max_payload_length", max_payload_length),
+                ("send_queue_size", send_queue_size),
+            )
+            if v is not None
+        }
+        base = settings if settings is not None else WebSocketSettings()
+        self.settings: WebSocketSettings = (
+            base.model_copy(update=overrides) if overrides else base
+        )
+        if backend is None:
+            backend = self.settings.backend_url
+        self.backend: Backend = backend_from_url(backend) if isinstance(backend, str) else backend
+        self.handlers: dict[str, Callable[..., Any]] = {}
+        """Handlers shared by every route (``manager.on``); a route's own handlers win."""
+        self._connections: dict[str, Connection] = {}
+        self._gone_callbacks: list[GoneCallback] = []
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._slow_consumers = 0
+
+    @property
+    def idle_timeout(self) -> float:
+        return self.settings.idle_timeout
+
+    @property
+    def max_payload_length(self) -> int:
+        return self.settings.max_payload_length
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the backend. Called by the router's lifespan, or lazily on first use."""
+        if self._started:
+            return
+        async with self._start_lock:
+            if not self._started:
+                await self.backend.start(self)
+                self._started = True
+
+    async def stop(self) -> None:
+        """Close every local connection (1001) and stop the backend."""
+        if not self._started:
+            return
+        for conn in list(self._connections.values()):
+            await conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        await self.backend.stop()
+        self._started = False
+
+    async def __aenter__(self) -> WebSocketManager:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- handlers -----------------------------------------------------------------------
+
+    def on(self, event: str, handler: F | None = None) -> Any:
+        """Register a handler shared by every route: ``manager.on("ping", fn)`` or as a decorator."""
+
+        def register(func: F) -> F:
+            self.handlers[event] = func
+            return func
+
+        return register(handler) if handler is not None else register
+
+    # -- membership ---------------------------------------------------------------------
+
+    async def join_room(self, client_id: str, room: str) -> bool:
+        """Put a client in a room; False if the client is not connected."""
+        await self.start()
+        return await self.backend.join(client_id, room)
+
+    async def leave_room(self, client_id: str, room: str) -> bool:
+        """Take a client out of a room (an empty room disappears); False if it was not in it."""
+        await self.start()
+        return await self.backend.leave(client_id, room)
+
+    async def get_room_clients(self, room: str) -> set[str]:
+        """The ids of the clients in ``room``."""
+        await self.start()
+        return await self.backend.room_clients(room)
+
+    async def get_client_rooms(self, client_id: str) -> set[str]:
+        """The rooms ``client_id`` is in."""
+        await self.start()
+        return await self.backend.client_rooms(client_id)
+
+    async def get_stats(self) -> Stats:
+        """Connections, rooms and average room size (across all processes)."""
+        await self.start()
+        counts = await self.backend.stats()
+        return Stats(
+            connections=counts.connections,
+            rooms=counts.rooms,
+            average_room_size=round(counts.memberships / counts.rooms, 2) if counts.rooms else 0.0,
+            slow_consumer_disconnects=self._slow_consumers,
+            backend=self.backend.name,
+            backend_healthy=counts.healthy,
+            backend_details=counts.details,
+        )
+
+    # -- delivery -----------------------------------------------------------------------
+
+    async def broadcast(self, event: str, payload: Any = None, *, exclude: Exclude = None) -> int:
+        """Send to every connected client; returns how many it was addressed to."""
+        await self.start()
+        return await self.backend.publish_all(encode(event, payload), _exclude(exclude))
+
+    async def broadcast_to_room(
+        self, room: str, event: str, payload: Any = None, *, exclude: Exclude = None
+    ) -> int:
+        """Send to every client in ``room`` except ``exclude``; returns how many."""
+        await self.start()
+        return await self.backend.publish_room(room, encode(event, payload), _exclude(exclude))
+
+    async def send_to_client(self, client_id: str, event: str, payload: Any = None) -> bool:
+        """Send to one client; False if it is not connected."""
+        await self.start()
+        return await self.backend.publish_client(client_id, encode(event, payload))
+
+    async def send(self, ws: Connection, event: str, payload: Any = None) -> bool:
+        """Send to a connection you hold (the spec's ``manager.send(ws, ...)``)."""
+        return await ws.send(event, payload)
+
+    async def disconnect(self, client_id: str, code: int = CloseCode.NORMAL, reason: str = "") -> bool:
+        """Close a client's connection; False if it is not connected."""
+        validate_close_code(code)
+        await self.start()
+        return await self.backend.disconnect_client(client_id, code, truncate_reason(reason))
+
+    # -- local connections --------------------------------------------------------------
+
+    def get_connection(self, client_id: str) -> Connection | None:
+        """The :class:`Connection` of a client held by this process, if any."""
+        return self._connections.get(client_id)
+
+    @property
+    def local_connections(self) -> int:
+        """How many connections this process holds."""
+        return len(self._connections)
+
+    def on_clients_gone(self, callback: GoneCallback) -> None:
+        """Run ``callback(client_ids)`` when another process dies with clients (Redis)."""
+        self._gone_callbacks.append(callback)
+
+    async def _register(self, conn: Connection) -> None:
+        await self.start()
+        self._connections[conn.data.client_id] = conn
+        conn._on_overflow = self._count_slow_consumer
+        conn._start()
+        await self.backend.add_client(conn.data.client_id)
+
+    async def _unregister(self, conn: Connection) -> None:
+        client_id = conn.data.client_id
+        if self._connections.get(client_id) is conn:
+            del self._connections[client_id]
+        try:
+            await self.backend.remove_client(client_id)
+        except Exception:
+            logger.exception("backend failed to remove client %s", client_id)
+
+    def _count_slow_consumer(self, conn: Connection) -> None:
+        self._slow_consumers += 1
+        logger.warning(
+            "client %s stopped reading (%d frames queued); disconnecting with %d",
+            conn.data.client_id,
+            self.settings.send_queue_size,
+            CloseCode.SLOW_CONSUMER,
+        )
+
+    # -- Node: called by the backend ----------------------------------------------------
+
+    def deliver_local(
+        self, frame: str, client_ids: Iterable[str] | None, exclude: Collection[str]
+    ) -> int:
+        conns = self._connections
+        sent = 0
+        if client_ids is None:
+            for client_id, conn in list(conns.items()):
+                if client_id not in exclude and conn.send_frame(frame):
+                    sent += 1
+            return sent
+        for client_id in list(client_ids):
+            if client_id in exclude:
+                continue
+            conn = conns.get(client_id)
+            if conn is not None and conn.send_frame(frame):
+                sent += 1
+        return sent
+
+    async def close_local(self, client_id: str, code: int, reason: str) -> bool:
+        conn = self._connections.get(client_id)
+        if conn is None or conn.closed:
+            return False
+        await conn.close(code, reason)
+        return True
+
+    async def clients_gone(self, client_ids: Collection[str]) -> None:
+        for callback in self._gone_callbacks:
+            try:
+                await callback(client_ids)
+            except Exception:
+                logger.exception("disconnect logic for vanished clients failed")
+
+
+def _exclude(exclude: Exclude) -> Collection[str]:
+    if exclude is None:
+        return ()
+    if isinstance(exclude, str):
+        return (exclude,)
+    return frozenset(exclude)
