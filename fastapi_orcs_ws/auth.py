@@ -1,0 +1,456 @@
+"""Authentication of WebSocket handshakes and HTTP requests.
+
+Token transports (WebSocket handshakes):
+
+* ``?token=<jwt>`` in the query string;
+* ``Authorization: Bearer <jwt>``;
+* the subprotocol pair ``["token", <jwt>]`` (``Sec-WebSocket-Protocol: token, <jwt>``). The
+  handshake must then select ``token`` -- never the JWT -- or browsers fail the connection:
+  :attr:`AuthResult.subprotocol` is ``"token"`` whenever the client offered it (even with auth
+  disabled), and the router passes it to ``accept()``.
+
+Plain HTTP requests authenticate by ``Authorization: Bearer`` only: a query-string token on
+HTTP is ignored (it would end up in proxy logs and ``Referer`` headers).
+
+When several transports carry a token they must carry the *same* token; different tokens are
+refused (never "any one valid").
+
+Policy (documented decisions):
+
+* auth disabled (``WS_AUTH_ENABLED=false`` or ``auth={"enabled": False}``): always anonymous,
+  tokens are ignored, nothing is verified;
+* no token: anonymous when not required, refused when required;
+* a token is presented but invalid (bad signature, expired, conflicting...): **refused even
+  when auth is not required** -- a client that sends a bad credential is told so rather than
+  silently downgraded to anonymous;
+* a ``user_loader`` that returns ``None`` refuses the connection (unknown or disabled user).
+
+"Refused" means :meth:`Authenticator.authenticate` raises
+:class:`~fastapi_orcs_ws.errors.AuthenticationError` with a generic message that never contains
+the token; the router accepts and then closes with 4401 ``Unauthorized``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from fastapi import HTTPException
+from pydantic import BaseModel
+from starlette.requests import HTTPConnection
+
+from ._redact import install_log_redaction
+from .errors import AuthenticationError, ConfigurationError
+from .jwt import JWTVerifier
+from .settings import WebSocketSettings
+
+__all__ = [
+    "AuthOptions",
+    "AuthResult",
+    "Authenticator",
+    "JWTVerifier",
+    "TokenVerifier",
+    "User",
+    "current_user",
+    "extract_token",
+    "install_log_redaction",
+    "optional_user",
+]
+
+logger = logging.getLogger("fastapi_orcs_ws.auth")
+
+SCOPE_CONNECTION = "fastapi_orcs_ws.connection"
+SCOPE_AUTHENTICATOR = "fastapi_orcs_ws.authenticator"
+APP_STATE_AUTHENTICATOR = "fastapi_orcs_ws_authenticator"
+_APP_STATE_DEFAULT = "_fastapi_orcs_ws_default_authenticator"
+TOKEN_SUBPROTOCOL = "token"
+
+
+@runtime_checkable
+class TokenVerifier(Protocol):
+    """Plug your own authentication in: turn a token into claims, or refuse it.
+
+    ``verify`` returns the claims (``sub`` becomes :attr:`User.id` unless you supply a
+    ``user_loader``; a numeric ``exp`` makes the router close the connection at expiry) and
+    raises :class:`AuthenticationError` to refuse. Any other exception also refuses (and is
+    logged as a bug in the verifier).
+
+    Example:
+        ```python
+        class SessionVerifier:
+            async def verify(self, token: str) -> Mapping[str, Any]:
+                session = await sessions.get(token)
+                if session is None:
+                    raise AuthenticationError("invalid token")
+                return {"sub": session.user_id}
+
+        router = WebSocketRouter(auth=AuthOptions(verifier=SessionVerifier()))
+        ```
+    """
+
+    async def verify(self, token: str) -> Mapping[str, Any]: ...
+
+
+class User(BaseModel):
+    """The default user: ``id`` from the ``sub`` claim, every claim in :attr:`claims`."""
+
+    id: str
+    claims: dict[str, Any]
+
+
+UserLoader = Callable[[Mapping[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class AuthOptions:
+    """Per-route (or per-router) overrides; ``None`` means "take it from the settings".
+
+    ``required=True`` implies ``enabled=True`` for that route even when ``WS_AUTH_ENABLED`` is
+    false; ``enabled=False`` together with ``required=True`` is a configuration error.
+    ``user_loader(claims)`` may be sync or async and returns the app's user object (``None``
+    refuses the connection).
+    """
+
+    enabled: bool | None = None
+    required: bool | None = None
+    verifier: TokenVerifier | None = None
+    user_loader: UserLoader | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "required"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigurationError(f"auth option {name!r} must be a bool or None")
+        if self.enabled is False and self.required is True:
+            raise ConfigurationError("auth options: required=True contradicts enabled=False")
+        if self.verifier is not None and not callable(getattr(self.verifier, "verify", None)):
+            raise ConfigurationError("auth option 'verifier' must have an async verify(token)")
+        if self.user_loader is not None and not callable(self.user_loader):
+            raise ConfigurationError("auth option 'user_loader' must be callable")
+
+    @classmethod
+    def coerce(cls, value: AuthOptions | Mapping[str, Any] | bool | None) -> AuthOptions:
+        """Accept an ``AuthOptions``, a mapping of its fields, ``True`` or ``False`` or ``None``.
+
+        ``True`` means ``required=True``; ``False`` means ``enabled=False`` (anonymous route);
+        ``None`` means "no override". Unknown mapping keys raise :class:`ConfigurationError`.
+        """
+        if value is None:
+            return cls()
+        if isinstance(value, AuthOptions):
+            return value
+        if isinstance(value, bool):
+            return cls(required=True) if value else cls(enabled=False)
+        if isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(str(k) for k in value if k not in known)
+            if unknown:
+                raise ConfigurationError(
+                    f"unknown auth option(s): {', '.join(unknown)}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+            return cls(**value)
+        raise ConfigurationError(
+            f"auth must be an AuthOptions, a mapping, a bool or None, not {type(value).__name__}"
+        )
+
+    def merged(self, override: AuthOptions) -> AuthOptions:
+        """``self`` with every field that ``override`` sets (not ``None``) replaced."""
+        changes = {f.name: getattr(override, f.name) for f in fields(override)}
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """The outcome of a successful :meth:`Authenticator.authenticate`."""
+
+    authenticated: bool
+    user: Any
+    """The user object, ``None`` when anonymous."""
+    claims: Mapping[str, Any] | None
+    expires_at: datetime | None
+    """Aware UTC time from ``exp`` (plus the verifier's leeway); close with 4401 then."""
+    subprotocol: str | None
+    """``"token"`` when the client offered the token subprotocol: pass it to ``accept()``."""
+
+
+def _offered_subprotocols(conn: HTTPConnection) -> list[str]:
+    offered = conn.scope.get("subprotocols")
+    if offered is not None:
+        return [str(p) for p in offered]
+    return [
+        part.strip()
+        for value in conn.headers.getlist("sec-websocket-protocol")
+        for part in value.split(",")
+        if part.strip()
+    ]
+
+
+def _subprotocol_tokens(offered: list[str]) -> list[str]:
+    tokens: list[str] = []
+    for i, proto in enumerate(offered):
+        if proto == TOKEN_SUBPROTOCOL:
+            # "token" as the last entry carries no value: a presented, empty (invalid) token.
+            tokens.append(offered[i + 1] if i + 1 < len(offered) else "")
+    return tokens
+
+
+def _bearer_tokens(conn: HTTPConnection) -> list[str]:
+    tokens: list[str] = []
+    for value in conn.headers.getlist("authorization"):
+        scheme, _, credentials = value.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            tokens.append(credentials.strip())
+    return tokens
+
+
+def extract_token(conn: HTTPConnection) -> tuple[str | None, str | None]:
+    """Find the token a client sent: ``(token, transport)`` or ``(None, None)``.
+
+    ``transport`` is ``"subprotocol"``, ``"header"`` or ``"query"`` (in that order of reporting
+    when several carry the same token). WebSocket handshakes use all three transports; HTTP
+    requests only the ``Authorization: Bearer`` header. A presented but empty token is returned
+    as ``""`` (and fails verification). Other ``Authorization`` schemes are not tokens.
+
+    Raises:
+        AuthenticationError: different tokens arrived (across transports, or repeated in one).
+    """
+    found: list[tuple[str, str]] = []
+    if conn.scope.get("type") == "websocket":
+        found += [(t, "subprotocol") for t in _subprotocol_tokens(_offered_subprotocols(conn))]
+    found += [(t, "header") for t in _bearer_tokens(conn)]
+    if conn.scope.get("type") == "websocket":
+        found += [(t, "query") for t in conn.query_params.getlist("token")]
+    if not found:
+        return None, None
+    if len({token for token, _ in found}) > 1:
+        logger.debug("token refused: different tokens in %s", sorted({t for _, t in found}))
+        raise AuthenticationError("conflicting tokens")
+    return found[0]
+
+
+async def _call_user_loader(loader: UserLoader, claims: Mapping[str, Any]) -> Any:
+    result = loader(claims)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _default_user(claims: Mapping[str, Any]) -> User:
+    sub = claims.get("sub")
+    if isinstance(sub, bool) or not isinstance(sub, str | int) or sub == "":
+        logger.debug("token refused: no usable sub claim")
+        raise AuthenticationError("invalid token")
+    return User(id=str(sub), claims=dict(claims))
+
+
+def _expires_at(claims: Mapping[str, Any], leeway: float) -> datetime | None:
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(exp + leeway, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+class Authenticator:
+    """Applies the settings and :class:`AuthOptions` to a handshake or request.
+
+    The JWT verifier is built from ``WS_JWT_*`` only when no custom ``verifier`` is given. With
+    no key configured, a route that requires auth fails at start-up with
+    :class:`ConfigurationError`; a route that does not require it serves anonymous clients and
+    refuses every presented token.
+    """
+
+    def __init__(self, settings: WebSocketSettings, options: AuthOptions | None = None) -> None:
+        self.settings = settings
+        self.options = options if options is not None else AuthOptions()
+        opts = self.options
+        self.required: bool = opts.required if opts.required is not None else settings.auth_required
+        if opts.enabled is not None:
+            self.enabled: bool = opts.enabled
+        else:
+            self.enabled = settings.auth_enabled or opts.required is True
+        if not self.enabled:
+            self.required = False
+        self._origins = frozenset(o.strip().rstrip("/") for o in settings.allowed_origins)
+        self._routes: dict[AuthOptions, Authenticator] = {}
+        self.verifier: TokenVerifier | None = opts.verifier
+        if self.verifier is None and self.enabled:
+            try:
+                self.verifier = JWTVerifier.from_settings(settings)
+            except ConfigurationError:
+                if self.required:
+                    raise
+                logger.warning(
+                    "auth is enabled but no usable JWT key is configured (WS_JWT_SECRET / "
+                    "WS_JWT_PUBLIC_KEY): every presented token will be refused"
+                )
+
+    def for_route(self, options: AuthOptions) -> Authenticator:
+        """A copy with ``options`` merged over this one's (cached: call it per connection)."""
+        try:
+            cached = self._routes.get(options)
+        except TypeError:  # an unhashable verifier or loader
+            cached = None
+        if cached is not None:
+            return cached
+        merged = self.options.merged(options)
+        if merged == self.options:
+            return self
+        route = Authenticator(self.settings, merged)
+        if merged.verifier is None and route.enabled and isinstance(self.verifier, JWTVerifier):
+            route.verifier = self.verifier  # share the parsed keys
+        with contextlib.suppress(TypeError):  # unhashable options are simply not cached
+            self._routes[options] = route
+        return route
+
+    async def authenticate(self, conn: HTTPConnection) -> AuthResult:
+        """Authenticate a WebSocket handshake or an HTTP request (see the module docs).
+
+        Raises:
+            AuthenticationError: the connection must be refused (4401 / HTTP 401).
+        """
+        subprotocol = None
+        if conn.scope.get("type") == "websocket" and TOKEN_SUBPROTOCOL in _offered_subprotocols(
+            conn
+        ):
+            subprotocol = TOKEN_SUBPROTOCOL
+        if not self.enabled:
+            return AuthResult(False, None, None, None, subprotocol)
+        token, _transport = extract_token(conn)
+        if token is None:
+            if self.required:
+                logger.debug("token refused: none presented on a route that requires auth")
+                raise AuthenticationError("missing token")
+            return AuthResult(False, None, None, None, subprotocol)
+        claims = await self._verify(token)
+        if self.options.user_loader is not None:
+            try:
+                user = await _call_user_loader(self.options.user_loader, claims)
+            except AuthenticationError:
+                raise
+            except Exception:
+                logger.exception("user_loader failed; refusing the connection")
+                raise AuthenticationError("invalid token") from None
+            if user is None:
+                logger.debug("token refused: user_loader returned None")
+                raise AuthenticationError("unknown user")
+        else:
+            user = _default_user(claims)
+        leeway = self.verifier.leeway if isinstance(self.verifier, JWTVerifier) else 0.0
+        return AuthResult(True, user, claims, _expires_at(claims, leeway), subprotocol)
+
+    async def _verify(self, token: str) -> Mapping[str, Any]:
+        if self.verifier is None:
+            logger.debug("token refused: no verifier configured")
+            raise AuthenticationError("invalid token")
+        try:
+            claims = await self.verifier.verify(token)
+        except AuthenticationError:
+            raise
+        except Exception:
+            logger.exception("token verifier failed; refusing the connection")
+            raise AuthenticationError("invalid token") from None
+        if not isinstance(claims, Mapping):
+            logger.error("token verifier returned %s, not a mapping", type(claims).__name__)
+            raise AuthenticationError("invalid token")
+        return claims
+
+    def origin_allowed(self, conn: HTTPConnection) -> bool:
+        """Check ``Origin`` against ``WS_ALLOWED_ORIGINS`` (exact match; trailing ``/`` ignored).
+
+        An empty list disables the check: any site's pages may then open connections with the
+        user's cookies (cross-site WebSocket hijacking) -- harmless only when auth uses tokens
+        that scripts on other sites cannot read, never cookies. A handshake *without* ``Origin``
+        is allowed: browsers always send one, so its absence means a non-browser client, which
+        could forge any value anyway. Several ``Origin`` headers are refused.
+        """
+        if not self._origins:
+            return True
+        values = conn.headers.getlist("origin")
+        if not values:
+            return True
+        if len(values) > 1:
+            return False
+        return values[0].strip() in self._origins
+
+
+def _authenticator_for(conn: HTTPConnection) -> Authenticator:
+    found = conn.scope.get(SCOPE_AUTHENTICATOR)
+    if isinstance(found, Authenticator):
+        return found
+    app = conn.scope.get("app")
+    state = getattr(app, "state", None)
+    if state is not None:
+        found = getattr(state, APP_STATE_AUTHENTICATOR, None)
+        if isinstance(found, Authenticator):
+            return found
+        found = getattr(state, _APP_STATE_DEFAULT, None)
+        if isinstance(found, Authenticator):
+            return found
+    authenticator = Authenticator(WebSocketSettings())
+    if state is not None:
+        setattr(state, _APP_STATE_DEFAULT, authenticator)
+    return authenticator
+
+
+def _refuse(conn: HTTPConnection, message: str) -> Exception:
+    if conn.scope.get("type") == "websocket":
+        return AuthenticationError(message)
+    return HTTPException(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _resolve(conn: HTTPConnection, *, required: bool) -> Any:
+    live = conn.scope.get(SCOPE_CONNECTION)
+    if live is not None:
+        data = live.data
+        if data.authenticated:
+            return data.user
+        if required:
+            raise AuthenticationError("authentication required")
+        return None
+    result: AuthResult | None = None
+    try:
+        # Over HTTP, no token means anonymous whatever WS_AUTH_REQUIRED says: the dependency
+        # (current_user or optional_user) decides.
+        if conn.scope.get("type") != "http" or extract_token(conn)[0] is not None:
+            result = await _authenticator_for(conn).authenticate(conn)
+    except AuthenticationError as exc:
+        raise _refuse(conn, str(exc)) from None
+    if result is None or not result.authenticated:
+        if required:
+            raise _refuse(conn, "authentication required")
+        return None
+    return result.user
+
+
+async def current_user(conn: HTTPConnection) -> Any:
+    """FastAPI dependency: the authenticated user, or refuse.
+
+    In an event handler it returns the connection's user (``AuthenticationError`` if the
+    connection is anonymous). In an HTTP route it verifies ``Authorization: Bearer`` with the
+    app's authenticator and answers 401 (``WWW-Authenticate: Bearer``) when that fails.
+
+    Example:
+        ```python
+        @app.get("/me")
+        async def me(user: User = Depends(current_user)) -> dict[str, str]:
+            return {"id": user.id}
+        ```
+    """
+    return await _resolve(conn, required=True)
+
+
+async def optional_user(conn: HTTPConnection) -> Any:
+    """FastAPI dependency: the user, or ``None`` when anonymous.
+
+    A presented but invalid token is still refused (401 / ``AuthenticationError``).
+    """
+    return await _resolve(conn, required=False)

@@ -1,0 +1,231 @@
+"""A hardened JWT verifier on top of python-jose.
+
+python-jose 3.5 has unsafe defaults (see ``PITFALLS.md``): without ``algorithms`` it trusts the
+token's ``alg``; it accepts a token without ``aud``/``exp`` unless told to require them; it
+ignores ``crit``; it does not refuse an ``iat`` in the future. :class:`JWTVerifier` closes each
+of these gaps and does the cheap structural checks before any cryptography runs.
+
+Every refusal raises :class:`~fastapi_orcs_ws.errors.AuthenticationError` with a generic
+message (``"invalid token"`` or ``"token expired"``); the precise reason is logged at DEBUG on
+the ``fastapi_orcs_ws.auth`` logger, never with the token itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from jose import jwk
+from jose import jwt as jose_jwt
+from jose.exceptions import ExpiredSignatureError, JOSEError
+
+from .errors import AuthenticationError, ConfigurationError
+
+if TYPE_CHECKING:
+    from .settings import WebSocketSettings
+
+__all__ = ["MAX_TOKEN_BYTES", "JWTVerifier"]
+
+logger = logging.getLogger("fastapi_orcs_ws.auth")
+
+MAX_TOKEN_BYTES = 8 * 1024
+"""Tokens longer than this are refused before any decoding work."""
+
+_HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+_PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+)
+# Compact JWS: three base64url segments; the signature may not be empty (that is ``alg: none``).
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}")
+
+
+def _refuse(reason: str, *, message: str = "invalid token") -> NoReturn:
+    logger.debug("token refused: %s", reason)
+    raise AuthenticationError(message)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class JWTVerifier:
+    """Verify signed JWTs (JWS compact form) with python-jose, safely.
+
+    Args:
+        secret: Shared secret for ``HS256``/``HS384``/``HS512``.
+        public_key: PEM public key for ``RS*``/``PS*``/``ES*``.
+        algorithms: The only algorithms accepted; the token's header never widens this list.
+            Every HMAC algorithm needs ``secret``, every public-key algorithm ``public_key``.
+        audience: When set, the token must carry an ``aud`` containing it.
+        issuer: When set, the token must carry exactly this ``iss``.
+        leeway: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
+
+    Refused, with :class:`AuthenticationError`:
+
+    * tokens over 8 KiB, tokens that are not three base64url segments (encrypted JWE tokens
+      have five), a header that is not a JSON object, a ``crit`` header, ``alg: none`` or any
+      ``alg`` outside ``algorithms`` -- all before any signature work;
+    * a bad signature. The key is chosen by the algorithm family, so an ``HS256`` token signed
+      with the RSA public key of an ``RS256`` set-up is checked against the shared secret (or,
+      with no secret configured, refused outright) and fails;
+    * a missing or non-numeric ``exp``; ``exp`` in the past, ``nbf`` or ``iat`` in the future
+      (each beyond ``leeway``);
+    * with ``audience``/``issuer`` configured, a token lacking ``aud``/``iss`` or carrying another
+      value. Without ``audience``, a token that carries an ``aud`` is refused too (it was meant
+      for somebody else).
+
+    Raises:
+        ConfigurationError: unknown algorithms, or a key missing for a configured algorithm.
+
+    Example:
+        ```python
+        verifier = JWTVerifier(secret=os.environ["WS_JWT_SECRET"], audience="chat")
+        claims = await verifier.verify(token)
+        ```
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: str | None = None,
+        public_key: str | None = None,
+        algorithms: Sequence[str] = ("HS256",),
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway: float = 0.0,
+    ) -> None:
+        if isinstance(algorithms, str):
+            algorithms = (algorithms,)
+        algs = tuple(dict.fromkeys(a.strip() for a in algorithms if a.strip()))
+        if not algs:
+            raise ConfigurationError("JWT algorithms: at least one algorithm is required")
+        unknown = [a for a in algs if a not in _HMAC_ALGORITHMS | _PUBLIC_KEY_ALGORITHMS]
+        if unknown:
+            raise ConfigurationError(
+                f'JWT algorithms: unsupported {", ".join(unknown)} ("none" is never allowed)'
+            )
+        if leeway < 0:
+            raise ConfigurationError("JWT leeway must be >= 0")
+        if any(a in _HMAC_ALGORITHMS for a in algs) and not secret:
+            raise ConfigurationError("WS_JWT_SECRET is required for HS256/HS384/HS512")
+        public_algs = [a for a in algs if a in _PUBLIC_KEY_ALGORITHMS]
+        if public_algs and not public_key:
+            raise ConfigurationError(f"WS_JWT_PUBLIC_KEY is required for {', '.join(public_algs)}")
+        for alg in public_algs:  # fail at start-up, not on the first token
+            assert public_key is not None
+            try:
+                jwk.construct(public_key, alg)
+            except (JOSEError, ValueError, TypeError) as exc:
+                raise ConfigurationError(
+                    f"WS_JWT_PUBLIC_KEY is not a usable {alg} public key: {exc}"
+                ) from None
+        if secret and len(secret.encode()) < 32 and any(a in _HMAC_ALGORITHMS for a in algs):
+            logger.warning("the JWT secret is shorter than 32 bytes; use a long random secret")
+        self._secret = secret
+        self._public_key = public_key
+        self.algorithms: tuple[str, ...] = algs
+        self.audience = audience
+        self.issuer = issuer
+        self.leeway = float(leeway)
+
+    @classmethod
+    def from_settings(cls, settings: WebSocketSettings) -> JWTVerifier:
+        """Build from ``WS_JWT_*`` settings; raises :class:`ConfigurationError` if no key fits."""
+        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        return cls(
+            secret=secret,
+            public_key=settings.jwt_public_key,
+            algorithms=settings.jwt_algorithms,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            leeway=settings.jwt_leeway,
+        )
+
+    def __repr__(self) -> str:  # never show the secret
+        return (
+            f"JWTVerifier(algorithms={list(self.algorithms)!r}, audience={self.audience!r}, "
+            f"issuer={self.issuer!r}, leeway={self.leeway!r})"
+        )
+
+    async def verify(self, token: str) -> Mapping[str, Any]:
+        """Return the token's claims, or raise :class:`AuthenticationError`."""
+        return self.verify_sync(token)
+
+    def verify_sync(self, token: str) -> dict[str, Any]:
+        """Synchronous :meth:`verify` (the work is a few microseconds of CPU)."""
+        if not isinstance(token, str) or not token:
+            _refuse("empty token")
+        if len(token) > MAX_TOKEN_BYTES:  # str length <= UTF-8 length; checked before encoding
+            _refuse("token too long")
+        if not token.isascii() or len(token.encode()) > MAX_TOKEN_BYTES:
+            _refuse("token not ASCII or too long")
+        if token.count(".") != 2:
+            _refuse("not a compact JWS (encrypted or malformed token)")
+        if not _COMPACT_JWS.fullmatch(token):
+            _refuse("malformed token")
+        header = self._header(token)
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            _refuse(f"algorithm {str(alg)[:20]!r} not allowed")
+        key = self._secret if alg in _HMAC_ALGORITHMS else self._public_key
+        if not key:
+            _refuse(f"no key configured for {alg}")
+        options: dict[str, Any] = {
+            "require_exp": True,
+            "require_aud": self.audience is not None,
+            "require_iss": self.issuer is not None,
+            "leeway": self.leeway,
+        }
+        try:
+            claims: dict[str, Any] = jose_jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                options=options,
+            )
+        except ExpiredSignatureError:
+            _refuse("expired", message="token expired")
+        except (JOSEError, ValueError, TypeError, KeyError) as exc:
+            _refuse(f"{type(exc).__name__}: {str(exc)[:200]}")
+        self._check_times(claims)
+        return claims
+
+    def _header(self, token: str) -> dict[str, Any]:
+        segment = token.split(".", 1)[0]
+        try:
+            raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+            header = json.loads(raw)
+        except (binascii.Error, ValueError, RecursionError):
+            _refuse("header is not base64url JSON")
+        if not isinstance(header, dict):
+            _refuse("header is not a JSON object")
+        if "crit" in header:
+            _refuse("crit header not supported")
+        if "enc" in header:
+            _refuse("encrypted tokens not supported")
+        return header
+
+    def _check_times(self, claims: Mapping[str, Any]) -> None:
+        now = time.time()
+        exp = claims.get("exp")
+        if not _is_number(exp):
+            _refuse("exp missing or not a number")
+        assert isinstance(exp, int | float)
+        if exp + self.leeway <= now:
+            _refuse("expired", message="token expired")
+        for name in ("nbf", "iat"):
+            if name not in claims:
+                continue
+            value = claims[name]
+            if not _is_number(value):
+                _refuse(f"{name} not a number")
+            if value > now + self.leeway:
+                _refuse(f"{name} in the future")
