@@ -190,14 +190,18 @@ class WebSocketManager:
     async def broadcast(self, event: str, payload: Any = None, *, exclude: Exclude = None) -> int:
         """Send to every connected client; returns how many it was addressed to."""
         await self.start()
-        return await self.backend.publish_all(encode(event, payload), _exclude(exclude))
+        sent = await self.backend.publish_all(encode(event, payload), _exclude(exclude))
+        await _let_writers_run()
+        return sent
 
     async def broadcast_to_room(
         self, room: str, event: str, payload: Any = None, *, exclude: Exclude = None
     ) -> int:
         """Send to every client in ``room`` except ``exclude``; returns how many."""
         await self.start()
-        return await self.backend.publish_room(room, encode(event, payload), _exclude(exclude))
+        sent = await self.backend.publish_room(room, encode(event, payload), _exclude(exclude))
+        await _let_writers_run()
+        return sent
 
     async def send_to_client(self, client_id: str, event: str, payload: Any = None) -> bool:
         """Send to one client; False if it is not connected."""
@@ -287,6 +291,12 @@ class WebSocketManager:
                 await callback(client_ids)
             except Exception:
                 logger.exception("disconnect logic for vanished clients failed")
+
+
+async def _let_writers_run() -> None:
+    # Writers flush to healthy sockets without blocking; yielding once per broadcast means a
+    # tight loop of broadcasts cannot overflow the queues of clients that do read.
+    await asyncio.sleep(0)
 
 
 def _exclude(exclude: Exclude) -> Collection[str]:

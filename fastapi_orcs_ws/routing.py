@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anyio
+import fastapi.routing
 from fastapi import APIRouter, params
 from pydantic import ValidationError
 from starlette.requests import HTTPConnection
@@ -391,11 +392,20 @@ class WebSocketRouter(APIRouter):
 
 def event_routes_of(app: Any) -> list[tuple[str, EventRoute]]:
     """Every event route mounted in ``app``, with its full path (prefixes included)."""
+    routes = getattr(app, "routes", [])
+    # FastAPI >= 0.16x mounts included routers instead of copying their routes; its public
+    # iter_route_contexts walks them with their effective (prefixed) paths.
+    iter_contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    pairs: list[tuple[Any, Any]]
+    if iter_contexts is not None:
+        pairs = [(ctx.path, ctx.original_route) for ctx in iter_contexts(routes)]
+    else:
+        pairs = [(getattr(route, "path", None), route) for route in routes]
     found = []
-    for route in getattr(app, "routes", []):
+    for path, route in pairs:
         event_route = getattr(getattr(route, "endpoint", None), "__orcs_route__", None)
-        if isinstance(event_route, EventRoute):
-            found.append((route.path, event_route))
+        if isinstance(event_route, EventRoute) and isinstance(path, str):
+            found.append((path, event_route))
     return found
 
 

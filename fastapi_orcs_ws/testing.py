@@ -11,7 +11,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .server import uvicorn_settings
@@ -26,6 +27,11 @@ class LiveServer:
 
     host: str
     port: int
+    _stop: Callable[[], None] = field(repr=False, compare=False)
+
+    def stop(self) -> None:
+        """Shut the server down now, as on SIGTERM (open WebSockets get 1012)."""
+        self._stop()
 
     @property
     def http_url(self) -> str:
@@ -34,6 +40,14 @@ class LiveServer:
     def ws_url(self, path: str = "/") -> str:
         """``ws://127.0.0.1:PORT/path``."""
         return f"ws://{self.host}:{self.port}{path}"
+
+
+def settings_of(app: Any) -> WebSocketSettings | None:
+    """The settings of the first event route mounted in ``app``, if any."""
+    from .routing import event_routes_of
+
+    routes = event_routes_of(app)
+    return routes[0][1].manager.settings if routes else None
 
 
 @contextmanager
@@ -46,7 +60,8 @@ def serve(
 ) -> Iterator[LiveServer]:
     """Run ``app`` under a real uvicorn on a free loopback port for the ``with`` block.
 
-    uvicorn gets :func:`~fastapi_orcs_ws.uvicorn_settings` plus ``uvicorn_kwargs``.
+    uvicorn gets :func:`~fastapi_orcs_ws.uvicorn_settings` (of ``settings``, else of the
+    settings of the app's event routes) plus ``uvicorn_kwargs``.
 
     Example:
         ```python
@@ -57,6 +72,8 @@ def serve(
     """
     import uvicorn
 
+    if settings is None:
+        settings = settings_of(app)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -66,14 +83,18 @@ def serve(
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=startup_timeout)
+
     try:
         deadline = time.monotonic() + startup_timeout
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.01)
-        yield LiveServer("127.0.0.1", port)
+        yield LiveServer("127.0.0.1", port, stop)
     finally:
-        server.should_exit = True
-        thread.join(timeout=startup_timeout)
+        stop()
         sock.close()
