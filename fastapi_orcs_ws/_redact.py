@@ -57,9 +57,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization / Proxy-Authorization header values, in "Key: value" and repr forms.
     (
         re.compile(
-            r"(?i)((?:proxy-)?authorization['\"]?\s*[:=,]\s*b?['\"]?)"
+            r"(?i)((?:proxy-)?authorization['\"]?\s*[:=,]\s*+(?>(?:b?['\"])?))"
             + _NOT_REDACTED
-            + r"[^'\"\r\n]+"
+            + r"[^'\"\s][^'\"\r\n]*"
         ),
         r"\1" + REDACTED,
     ),
@@ -67,7 +67,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)(\bbearer\s+)" + _NOT_REDACTED + r"[^\s'\",]+"), r"\1" + REDACTED),
     # The value after the "token" subprotocol: "token, <jwt>", "['token', '<jwt>']", b'token,<jwt>'.
     (
-        re.compile(r"(?i)(\btoken['\"]?\s*,\s*b?['\"]?)" + _NOT_REDACTED + r"[^\s'\",\]\)]+"),
+        re.compile(
+            r"(?i)(\btoken['\"]?\s*,\s*+(?>(?:b?['\"])?))" + _NOT_REDACTED + r"[^\s'\",\]\)]+"
+        ),
         r"\1" + REDACTED,
     ),
 )
@@ -106,36 +108,51 @@ _MARK = "_fastapi_orcs_ws_redacted"
 def _redact_record(record: logging.LogRecord) -> None:
     """Redact ``record`` in place (msg, args, color_message, exc_text, stack_info)."""
     if record.args:
+        # Never touch the format string itself: redacting "token=%s" would break "%s".
         if isinstance(record.args, Mapping):
             record.args = {k: _redact_arg(v) for k, v in record.args.items()}
         else:
             record.args = tuple(_redact_arg(a) for a in record.args)
-    if isinstance(record.msg, str):
-        record.msg = redact(record.msg)
-    elif record.msg is not None and not isinstance(record.msg, bool | int | float):
-        cleaned = _redact_arg(record.msg)
-        if cleaned is not record.msg:
-            record.msg = cleaned
-    color = record.__dict__.get("color_message")
-    if isinstance(color, str):
-        record.__dict__["color_message"] = redact(color)
-    # Context-spanning cases ("< %s: %s" % ("Authorization", "Basic ...")): redact the whole
-    # message and drop the args. uvicorn's access formatter unpacks its five args, so access
-    # records keep theirs (they hold no headers; the path was redacted argument by argument).
-    if record.args and record.name != "uvicorn.access":
-        try:
-            message = record.getMessage()
-        except Exception:
-            message = None
-        if message is not None:
-            cleaned = redact(message)
-            if cleaned != message:
-                record.msg, record.args = cleaned, None
-                record.__dict__.pop("color_message", None)
+        # uvicorn's access formatter unpacks its five args: access records keep them (they
+        # hold no headers, and the path was redacted argument by argument above).
+        if record.name != "uvicorn.access":
+            # Context-spanning cases ("< %s: %s" % ("Authorization", "Basic ...")): redact the
+            # whole message and drop the args.
+            try:
+                message: str | None = record.getMessage()
+            except Exception:  # a broken format string: keep the content, safely
+                message = None
+            if message is None:
+                record.msg = redact(f"{record.msg} {record.args!r}")
+                record.args = None
+            elif redact(message) != message:
+                record.msg, record.args = redact(message), None
+        color = record.__dict__.get("color_message")
+        if isinstance(color, str):
+            try:
+                shown = color % record.args if record.args else color
+            except Exception:
+                shown = None
+            if shown is None or redact(shown) != shown or not record.args:
+                record.__dict__.pop("color_message", None)  # the plain message suffices
+    else:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        elif record.msg is not None and not isinstance(record.msg, bool | int | float):
+            cleaned = _redact_arg(record.msg)
+            if cleaned is not record.msg:
+                record.msg = cleaned
+        color = record.__dict__.get("color_message")
+        if isinstance(color, str):
+            record.__dict__["color_message"] = redact(color)
     if record.exc_info and not record.exc_text:
         record.exc_text = logging.Formatter().formatException(record.exc_info)
     if record.exc_text:
-        record.exc_text = redact(record.exc_text)
+        cleaned = redact(record.exc_text)
+        if cleaned != record.exc_text:
+            # The exception object itself holds the token: keep only the redacted text, which
+            # standard formatters print when exc_text is set (exc_info is not needed for that).
+            record.exc_text, record.exc_info = cleaned, None
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
     record.__dict__[_MARK] = True
@@ -159,12 +176,8 @@ class RedactingFilter(logging.Filter):
     """A logging filter that redacts tokens from each record and always lets it through."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.__dict__.get(_MARK):
-            # Already done by the record factory; ``extra=`` attributes arrive after it.
-            color = record.__dict__.get("color_message")
-            if isinstance(color, str):
-                record.__dict__["color_message"] = redact(color)
-        else:
+        if not record.__dict__.get(_MARK) or "color_message" in record.__dict__:
+            # ``extra=`` attributes (uvicorn's color_message) arrive after the record factory.
             _safe_redact(record)
         return True
 
