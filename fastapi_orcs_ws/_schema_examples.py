@@ -45,9 +45,11 @@ def example_for(schema: Schema, definitions: Schema | None = None, _depth: int =
         if key in schema:
             value = schema[key]
             return value[0] if key == "examples" and isinstance(value, list) and value else value
-    for key in ("const", "default"):
-        if key in schema:
-            return schema[key]
+    if "const" in schema:
+        return schema["const"]
+    # An optional field's `None` default says less than an example of its real type.
+    if "default" in schema and not (schema["default"] is None and "anyOf" in schema):
+        return schema["default"]
     if schema.get("enum"):
         return schema["enum"][0]
     for key in ("anyOf", "oneOf"):

@@ -1,0 +1,101 @@
+"""The /ws-docs page renders in headless Chromium, with no network beyond the app."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from examples.chat_app.main import app
+from fastapi_orcs_ws.testing import LiveServer, serve
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT = Path(os.environ.get("WS_DOCS_SCREENSHOT", "/tmp/ws-docs.png"))
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    with serve(app) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_ws_docs_renders_every_chat_event(server: LiveServer, browser: Any) -> None:
+    page = browser.new_page()
+    requests: list[str] = []
+    errors: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    try:
+        page.goto(f"{server.http_url}/ws-docs", timeout=10_000)
+        page.wait_for_selector("body[data-rendered=true]", timeout=10_000)
+
+        route = page.locator('section.route[data-address="/ws/chat"]')
+        assert route.count() == 1
+        incoming = route.locator('.event[data-direction="client-to-server"]')
+        outgoing = route.locator('.event[data-direction="server-to-client"]')
+        names_in = {incoming.nth(i).get_attribute("data-event") for i in range(incoming.count())}
+        names_out = {outgoing.nth(i).get_attribute("data-event") for i in range(outgoing.count())}
+        assert names_in == {"join", "leave", "message", "typing"}
+        assert names_out == {
+            "welcome",
+            "user-joined",
+            "user-left",
+            "user-typing",
+            "message",
+            "error",
+        }
+
+        join = route.locator('.event[data-event="join"][data-direction="client-to-server"]')
+        assert '"event": "join"' in join.locator("pre").first.inner_text()
+        join.locator("details.schema summary").first.click()
+        assert '"minLength": 1' in join.locator("details.schema pre").first.inner_text()
+        assert "ack" in join.inner_text()
+        assert route.locator('[data-auth="optional"]').count() == 1
+        assert f"ws://127.0.0.1:{server.port}/ws/chat" in route.inner_text()
+
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+    finally:
+        page.close()
+    assert not errors, errors
+    # Offline: the page needs nothing but itself.
+    assert [url for url in requests if not url.startswith(server.http_url)] == []
+    assert [url for url in requests if not url.endswith("/ws-docs")] == []
+
+
+def test_fastapi_docs_link_to_ws_docs(server: LiveServer, browser: Any) -> None:
+    page = browser.new_page()
+    try:
+        response = page.request.get(f"{server.http_url}/openapi.json")
+        assert "(/ws-docs)" in response.json()["info"]["description"]
+    finally:
+        page.close()
