@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -137,6 +138,10 @@ class Connection:
         ``code`` must be a code an application may send (1000-1003, 1007-1014,
         3000-4999); ``reason`` is cut to the 123 bytes a close frame allows.
         """
+        self.close_nowait(code, reason)
+
+    def close_nowait(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """:meth:`close` for synchronous code: queue the close frame and return."""
         validate_close_code(code)
         if self._closed:
             return
@@ -193,10 +198,8 @@ class Connection:
     async def _send_close(self, code: int, reason: str) -> None:
         if self.websocket.application_state != WebSocketState.CONNECTED:
             return
-        try:
+        with contextlib.suppress(OSError, RuntimeError, WebSocketDisconnect):  # peer gone
             await self.websocket.send({"type": "websocket.close", "code": code, "reason": reason})
-        except (OSError, RuntimeError, WebSocketDisconnect):
-            pass  # the peer is already gone
 
     def _end_receive(self) -> None:
         if self._receive_scope is not None:

@@ -89,9 +89,10 @@ _cache: dict[Any, _Compiled] = {}
 def _compile(func: Callable[..., Any], *, is_handler: bool = False) -> _Compiled:
     if not is_handler and func in _cache:
         return _cache[func]
-    target = func
-    if not (inspect.isfunction(func) or inspect.ismethod(func)) and hasattr(func, "__call__"):
-        target = func.__call__
+    # A callable object's hints and async-ness live on its __call__ method.
+    target: Any = func
+    if not (inspect.isfunction(func) or inspect.ismethod(func)):
+        target = type(func).__call__
     try:
         sig = inspect.signature(func)
         hints = get_type_hints(target, include_extras=True)
@@ -203,7 +204,8 @@ async def _solve(
             async def grab(**kw: Any) -> None:
                 captured.update(kw)
 
-            await _call(_Compiled(grab, inner.params, True, False, False), conn, payload, stack, cache)
+            grabber = _Compiled(grab, inner.params, True, False, False)
+            await _call(grabber, conn, payload, stack, cache)
             return captured
 
         kwargs = await resolve_args()

@@ -141,7 +141,7 @@ class WebSocketManager:
     # -- handlers -----------------------------------------------------------------------
 
     def on(self, event: str, handler: F | None = None) -> Any:
-        """Register a handler shared by every route: ``manager.on("ping", fn)`` or as a decorator."""
+        """Register a handler shared by every route: ``manager.on("ping", fn)`` or decorate."""
 
         def register(func: F) -> F:
             self.handlers[event] = func
@@ -212,7 +212,9 @@ class WebSocketManager:
         """Send to a connection you hold (the spec's ``manager.send(ws, ...)``)."""
         return await ws.send(event, payload)
 
-    async def disconnect(self, client_id: str, code: int = CloseCode.NORMAL, reason: str = "") -> bool:
+    async def disconnect(
+        self, client_id: str, code: int = CloseCode.NORMAL, reason: str = ""
+    ) -> bool:
         """Close a client's connection; False if it is not connected."""
         validate_close_code(code)
         await self.start()
@@ -273,8 +275,8 @@ class WebSocketManager:
         for client_id in list(client_ids):
             if client_id in exclude:
                 continue
-            conn = conns.get(client_id)
-            if conn is not None and conn.send_frame(frame):
+            target = conns.get(client_id)
+            if target is not None and target.send_frame(frame):
                 sent += 1
         return sent
 

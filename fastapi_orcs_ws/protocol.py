@@ -108,7 +108,8 @@ def decode_envelope(text: str) -> Envelope:
         # pydantic-core bounds nesting depth (no RecursionError) and we refuse NaN/Infinity.
         data = from_json(text, allow_inf_nan=False)
     except ValueError as exc:
-        raise ProtocolError(f"frame is not valid JSON: {_short(exc)}", ErrorCode.INVALID_JSON) from None
+        message = f"frame is not valid JSON: {_short(exc)}"
+        raise ProtocolError(message, ErrorCode.INVALID_JSON) from None
     if not isinstance(data, dict):
         raise ProtocolError(
             'frame must be a JSON object {"event": ..., "payload": ...}',

@@ -19,7 +19,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import Lifespan
 from starlette.websockets import WebSocket
 
-from .auth import AuthOptions, Authenticator
+from .auth import Authenticator, AuthOptions
 from .connection import Connection, ConnectionData
 from .errors import AuthenticationError, EventError
 from .handlers import EventHandler, compile_handler
@@ -290,7 +290,8 @@ def _close_at(conn: Connection, expires_at: datetime) -> asyncio.TimerHandle:
 
     def expire() -> None:
         logger.info("token of client %s expired; closing", conn.client_id)
-        loop.create_task(conn.close(CloseCode.UNAUTHORIZED, "Unauthorized"))
+        # close() only queues the close frame; it completes without suspending.
+        conn.close_nowait(CloseCode.UNAUTHORIZED, "Unauthorized")
 
     return loop.call_later(delay, expire)
 
@@ -340,7 +341,7 @@ class WebSocketRouter(APIRouter):
                 if user_lifespan is None:
                     yield None
                 else:
-                    async with user_lifespan(app) as state:  # type: ignore[attr-defined]
+                    async with user_lifespan(app) as state:
                         yield state
             finally:
                 await self.manager.stop()
@@ -383,7 +384,7 @@ class WebSocketRouter(APIRouter):
         async def endpoint(websocket: WebSocket) -> None:
             await route.serve(websocket)
 
-        endpoint.__orcs_route__ = route  # type: ignore[attr-defined]
+        setattr(endpoint, "__orcs_route__", route)  # noqa: B010 - found by event_routes_of
         endpoint.__name__ = name or f"ws_{path.strip('/').replace('/', '_') or 'root'}"
         self.add_api_websocket_route(path, endpoint, name=name, dependencies=dependencies)
         self.event_routes.append(route)

@@ -21,7 +21,9 @@ from .wsclient import client, expect, raw_handshake, recv, send, wait_for
 pytestmark = pytest.mark.anyio
 
 
-def make_app(settings: WebSocketSettings | None = None) -> tuple[FastAPI, WebSocketRouter, list[Any]]:
+def make_app(
+    settings: WebSocketSettings | None = None,
+) -> tuple[FastAPI, WebSocketRouter, list[Any]]:
     """A small app recording lifecycle calls in `log`."""
     log: list[Any] = []
     router = WebSocketRouter(settings=settings or WebSocketSettings())
@@ -219,7 +221,7 @@ async def test_stalled_reader_never_delays_the_others() -> None:
 
 
 async def test_kick_with_long_reason_and_invalid_codes() -> None:
-    app, router, log = make_app()
+    app, router, _ = make_app()
     with serve(app) as server:
         async with client(server.ws_url("/ws")) as admin, client(server.ws_url("/ws")) as victim:
             await expect(admin, "hello")
