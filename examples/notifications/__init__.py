@@ -1,0 +1,1 @@
+"""The spec's notifications example: per-user rooms and an authenticated ``POST /notify``."""
