@@ -411,16 +411,20 @@ class FanoutRun:
         extensions = sorted({r.extensions for r in self.receivers} | {self.sender.extensions})
         for r in self.receivers:
             r.send("join", f'{{"room":"{ROOM}"}}')
-        # sync: publish markers until every member saw one (joins may land on other processes)
-        deadline = perf() + 20
-        while perf() < deadline and not all(r.synced for r in self.receivers):
+        # sync: publish a marker, wait up to 1 s for every member to see it, repeat (joins
+        # are processed asynchronously, and may land on another process with Redis)
+        for _ in range(20):
             self.sender.send("publish", f'{{"room":"{ROOM}","sync":1}}')
-            await asyncio.sleep(0.05)
+            deadline = perf() + 1.0
+            while perf() < deadline and not all(r.synced for r in self.receivers):
+                await asyncio.sleep(0.01)
+            if all(r.synced for r in self.receivers):
+                break
         if not all(r.synced for r in self.receivers):
             raise RuntimeError("members did not all receive the sync broadcast")
         await asyncio.sleep(0.1)
         self.sender.send("publish", f'{{"room":"{ROOM}","go":1}}')
-        await asyncio.wait_for(self.go_event.wait(), 20)
+        await asyncio.wait_for(self.go_event.wait(), 60)
         await asyncio.sleep(0.05)
         meter = CpuMeter(a.server_pids)
         meter.start()
