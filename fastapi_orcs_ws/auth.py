@@ -288,7 +288,7 @@ class Authenticator:
             except ConfigurationError:
                 if self.required:
                     raise
-                logger.warning(
+                logger.info(
                     "auth is enabled but no usable JWT key is configured (WS_JWT_SECRET / "
                     "WS_JWT_PUBLIC_KEY): every presented token will be refused"
                 )

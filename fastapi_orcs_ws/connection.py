@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from .protocol import CloseCode, encode, truncate_reason, validate_close_code
+from .protocol import CloseCode, truncate_reason, validate_close_code
 
 if TYPE_CHECKING:
     from .manager import WebSocketManager
@@ -114,7 +114,7 @@ class Connection:
 
         Returns False if the connection is closing (the frame is dropped).
         """
-        return self.send_frame(encode(event, payload))
+        return self.send_frame(self.data.manager.encode_event(event, payload))
 
     def send_frame(self, frame: str) -> bool:
         """Queue an already-encoded text frame; never blocks."""

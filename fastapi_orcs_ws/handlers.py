@@ -16,7 +16,7 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 import anyio.to_thread
 from fastapi.params import Depends
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
@@ -31,6 +31,14 @@ _EMPTY = inspect.Parameter.empty
 # How each parameter is filled: a tag, plus the dependency for "depends".
 _CONN, _PAYLOAD, _MANAGER, _WEBSOCKET, _DEPENDS, _DEFAULT = range(6)
 _Param = tuple[str, int, Any]
+
+
+class InvalidPayload(Exception):
+    """The client's payload failed validation (unlike a ValidationError inside a handler)."""
+
+    def __init__(self, error: ValidationError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(slots=True)
@@ -55,7 +63,12 @@ class EventHandler:
     compiled: _Compiled
 
     async def __call__(self, conn: Connection, raw_payload: Any) -> Any:
-        payload = raw_payload if self.adapter is None else self.adapter.validate_python(raw_payload)
+        payload = raw_payload
+        if self.adapter is not None:
+            try:
+                payload = self.adapter.validate_python(raw_payload)
+            except ValidationError as exc:
+                raise InvalidPayload(exc) from None
         if not self.compiled.params or all(p[1] in (_CONN, _PAYLOAD) for p in self.compiled.params):
             # Fast path: no dependencies to solve.
             args = {

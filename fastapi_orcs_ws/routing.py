@@ -19,10 +19,11 @@ from starlette.requests import HTTPConnection
 from starlette.types import Lifespan
 from starlette.websockets import WebSocket
 
+from ._redact import install_log_redaction
 from .auth import Authenticator, AuthOptions
 from .connection import Connection, ConnectionData
 from .errors import AuthenticationError, EventError
-from .handlers import EventHandler, compile_handler
+from .handlers import EventHandler, InvalidPayload, compile_handler
 from .manager import WebSocketManager
 from .protocol import (
     RESERVED_EVENTS,
@@ -75,6 +76,8 @@ class EventRoute:
         self.summary = summary
         self.description = description
         self.handlers: dict[str, EventHandler] = {}
+        # Merged once here, so a route that requires auth without a key fails at start-up.
+        self.authenticator = router.authenticator.for_route(auth)
 
     @property
     def manager(self) -> WebSocketManager:
@@ -100,6 +103,7 @@ class EventRoute:
     def emit(self, event: str, model: Any) -> None:
         """Declare that this route sends ``event`` with payloads of type ``model``."""
         self.emits[event] = model
+        self.manager.declare_emits({event: model})
 
     def handler_for(self, event: str) -> EventHandler | None:
         handler = self.handlers.get(event)
@@ -112,8 +116,7 @@ class EventRoute:
 
     async def serve(self, websocket: WebSocket) -> None:
         """Run one connection from handshake to clean-up."""
-        router = self.router
-        authenticator = router.authenticator.for_route(self.auth)
+        authenticator = self.authenticator
         websocket.scope[SCOPE_AUTHENTICATOR] = authenticator
         if not authenticator.origin_allowed(websocket):
             # Refused before accept: the browser sees an HTTP 403.
@@ -241,9 +244,9 @@ class EventRoute:
         event = handler.event
         try:
             result = await handler(conn, payload)
-        except ValidationError as exc:
+        except InvalidPayload as exc:
             if reply:
-                conn.send_frame(_validation_error(exc, event, msg_id))
+                conn.send_frame(_validation_error(exc.error, event, msg_id))
             return
         except EventError as exc:
             if reply:
@@ -330,6 +333,7 @@ class WebSocketRouter(APIRouter):
         self.settings = settings if settings is not None else manager.settings
         self.authenticator = Authenticator(self.settings, AuthOptions.coerce(auth))
         self.event_routes: list[EventRoute] = []
+        install_log_redaction()  # uvicorn logs handshake query strings, tokens included
         user_lifespan = lifespan
 
         @asynccontextmanager
@@ -380,6 +384,7 @@ class WebSocketRouter(APIRouter):
         )
         for event, handler in (handlers or {}).items():
             route.add(event, handler)
+        self.manager.declare_emits(route.emits)
 
         async def endpoint(websocket: WebSocket) -> None:
             await route.serve(websocket)

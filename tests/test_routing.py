@@ -288,3 +288,37 @@ def test_chat_example_in_process(chat_client: TestClient) -> None:
         assert a.receive_json() == {"event": "user-left", "payload": {"clientId": b_id}}
     assert chat_client.get("/stats").json()["connections"] == 0
     assert a_id != b_id
+
+
+def test_debug_mode_checks_outgoing_payloads_against_emits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from fastapi_orcs_ws import WebSocketSettings
+
+    class Note(BaseModel):
+        text: str
+
+    for debug in (True, False):
+        app, router = build(settings=WebSocketSettings(debug=debug))
+
+        async def send_bad(ws: Connection, payload: Any) -> None:
+            await ws.send("note", {"txt": "typo"})
+
+        async def send_good(ws: Connection, payload: Any) -> None:
+            await ws.data.manager.broadcast("note", {"text": "fine"})
+
+        router.ws("/ws", {"bad": send_bad, "good": send_good}, emits={"note": Note})
+        app.include_router(router)
+        with (
+            caplog.at_level(logging.ERROR),
+            TestClient(app) as client,
+            client.websocket_connect("/ws") as ws,
+        ):
+            ws.send_json({"event": "good"})
+            assert ws.receive_json() == {"event": "note", "payload": {"text": "fine"}}
+            ws.send_json({"event": "bad"})
+            reply = ws.receive_json()
+            if debug:
+                assert reply["payload"]["code"] == "internal_error"
+            else:
+                assert reply == {"event": "note", "payload": {"txt": "typo"}}
