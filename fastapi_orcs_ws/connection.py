@@ -64,6 +64,8 @@ class Connection:
 
     __slots__ = (
         "_close_timeout",
+        "close_code",
+        "close_reason",
         "_closed",
         "_max_queue",
         "_on_overflow",
@@ -93,6 +95,9 @@ class Connection:
         self._closed = False
         self._receive_scope: anyio.CancelScope | None = None
         self._on_overflow: Any = None
+        self.close_code: int | None = None
+        """How the connection ended (or is ending): the first close code, from either side."""
+        self.close_reason = ""
 
     @property
     def client_id(self) -> str:
@@ -146,8 +151,15 @@ class Connection:
         if self._closed:
             return
         self._closed = True
-        self._queue.append(_Close(code, truncate_reason(reason)))
+        reason = truncate_reason(reason)
+        self._ended(code, reason)
+        self._queue.append(_Close(code, reason))
         self._wake()
+
+    def _ended(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
 
     # -- lifecycle, driven by the route -------------------------------------------------
 
@@ -181,6 +193,7 @@ class Connection:
     def _overflow(self) -> None:
         """The client stopped reading: drop its backlog and close it with 4429."""
         self._closed = True
+        self._ended(CloseCode.SLOW_CONSUMER, "slow consumer")
         self._queue.clear()
         if self._writer is not None:
             self._writer.cancel()
@@ -226,5 +239,6 @@ class Connection:
             # The peer went away mid-write; the receive loop sees the disconnect.
             logger.debug("writer for %s stopped: %r", self.data.client_id, exc)
             self._closed = True
+            self._ended(1006, "")  # abnormal closure: the peer vanished
             queue.clear()
             self._end_receive()

@@ -151,7 +151,6 @@ class EventRoute:
         websocket.scope[SCOPE_CONNECTION] = conn
         websocket.scope[SCOPE_MANAGER] = manager
         await manager._register(conn)
-        close_info: dict[str, Any] = {"code": CloseCode.NORMAL, "reason": ""}
         expiry: asyncio.TimerHandle | None = None
         try:
             with anyio.CancelScope() as scope:
@@ -160,7 +159,7 @@ class EventRoute:
                     expiry = _close_at(conn, auth.expires_at)
                 if "connect" in self.handlers:
                     await self._run(conn, self.handlers["connect"], None, None)
-                await self._receive_loop(conn, close_info)
+                await self._receive_loop(conn)
         finally:
             if expiry is not None:
                 expiry.cancel()
@@ -168,24 +167,25 @@ class EventRoute:
                 conn._closed = True
                 handler = self.handlers.get("disconnect")
                 if handler is not None:
-                    await self._run(conn, handler, dict(close_info), None, reply=False)
+                    code = conn.close_code if conn.close_code is not None else 1006
+                    ended = {"code": code, "reason": conn.close_reason}
+                    await self._run(conn, handler, ended, None, reply=False)
                 await manager._unregister(conn)
                 await conn._stop()
 
-    async def _receive_loop(self, conn: Connection, close_info: dict[str, Any]) -> None:
+    async def _receive_loop(self, conn: Connection) -> None:
         websocket = conn.websocket
         limit = self.manager.settings.max_payload_length
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
-                close_info["code"] = message.get("code", CloseCode.NORMAL)
-                close_info["reason"] = message.get("reason") or ""
+                conn._ended(message.get("code", CloseCode.NORMAL), message.get("reason") or "")
                 return
             text = message.get("text")
             if text is None:
                 data = message.get("bytes") or b""
                 if len(data) > limit:
-                    await self._too_big(conn, close_info)
+                    await self._too_big(conn)
                     continue
                 conn.send_frame(
                     encode_error(
@@ -196,13 +196,11 @@ class EventRoute:
                 continue
             # Characters never outnumber bytes, so only long frames pay for encoding.
             if len(text) > limit // 4 and len(text.encode()) > limit:
-                await self._too_big(conn, close_info)
+                await self._too_big(conn)
                 continue
             await self._dispatch(conn, text)
 
-    async def _too_big(self, conn: Connection, close_info: dict[str, Any]) -> None:
-        close_info["code"] = CloseCode.MESSAGE_TOO_BIG
-        close_info["reason"] = "message too big"
+    async def _too_big(self, conn: Connection) -> None:
         await conn.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
 
     async def _dispatch(self, conn: Connection, text: str) -> None:

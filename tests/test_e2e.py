@@ -215,13 +215,13 @@ async def test_stalled_reader_never_delays_the_others() -> None:
                 stats = await manager.get_stats()
                 assert stats.slow_consumer_disconnects == 1
                 assert stats.connections == 3
-                assert sum(1 for e in log if e[0] == "disconnect") == 1
+                assert [e[2] for e in log if e[0] == "disconnect"] == [4429]
         finally:
             stalled.close()
 
 
 async def test_kick_with_long_reason_and_invalid_codes() -> None:
-    app, router, _ = make_app()
+    app, router, log = make_app()
     with serve(app) as server:
         async with client(server.ws_url("/ws")) as admin, client(server.ws_url("/ws")) as victim:
             await expect(admin, "hello")
@@ -234,6 +234,8 @@ async def test_kick_with_long_reason_and_invalid_codes() -> None:
             assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == 4000
             assert closed.value.rcvd.reason == "ü" * 61
+            await wait_until(lambda: len([e for e in log if e[0] == "disconnect"]) == 1)
+            assert [e[2] for e in log if e[0] == "disconnect"] == [4000]
             # Kicking someone who is gone says so; a forbidden close code is refused.
             await wait_until(lambda: router.manager.local_connections == 1)
             await send(admin, "kick", {"id": victim_id, "code": 4000, "reason": ""}, id=2)
