@@ -64,8 +64,6 @@ class Connection:
 
     __slots__ = (
         "_close_timeout",
-        "close_code",
-        "close_reason",
         "_closed",
         "_max_queue",
         "_on_overflow",
@@ -73,6 +71,8 @@ class Connection:
         "_receive_scope",
         "_waiter",
         "_writer",
+        "close_code",
+        "close_reason",
         "data",
         "websocket",
     )
