@@ -81,11 +81,11 @@ class RedisServer:
 
 async def eventually(
     check: Callable[[], Awaitable[bool]] | Callable[[], bool],
-    timeout: float = 5.0,
+    within: float = 5.0,
     interval: float = 0.05,
     what: str = "condition",
 ) -> float:
-    """Poll ``check`` until true; return the seconds it took, fail after ``timeout``."""
+    """Poll ``check`` until true; return the seconds it took, fail after ``within`` seconds."""
     start = time.monotonic()
     while True:
         result = check()
@@ -93,6 +93,6 @@ async def eventually(
             result = await result
         if result:
             return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what} not reached within {timeout} s")
+        if time.monotonic() - start > within:
+            raise AssertionError(f"{what} not reached within {within} s")
         await anyio.sleep(interval)

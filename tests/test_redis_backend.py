@@ -300,7 +300,7 @@ async def test_dead_node_is_reaped_once_and_disconnect_logic_runs_once(
     killed = time.monotonic()
     with caplog.at_level(logging.WARNING, "fastapi_orcs_ws.redis"):
         await eventually(
-            lambda: len(gone) >= 1, timeout=dead.node_ttl + 3 * dead.heartbeat, what="reap"
+            lambda: len(gone) >= 1, within=dead.node_ttl + 3 * dead.heartbeat, what="reap"
         )
     took = time.monotonic() - killed
     print(f"reaped after {took:.2f} s (node_ttl {dead.node_ttl}, heartbeat {dead.heartbeat})")
@@ -340,7 +340,7 @@ async def test_redis_outage_local_delivery_continues_and_state_is_restored(
         async def healthy() -> bool:
             return all([(await m.get_stats()).backend_healthy for m in (a, b)])
 
-        await eventually(healthy, timeout=10, what="healthy again")
+        await eventually(healthy, within=10, what="healthy again")
         resumed = time.monotonic() - outage_end
         print(f"healthy {resumed:.2f} s after redis came back")
     assert resumed < 5
