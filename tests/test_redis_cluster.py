@@ -1,4 +1,7 @@
-"""Three uvicorn processes of examples/chat_app sharing one private redis-server."""
+"""Three uvicorn processes of examples/chat_app sharing one private redis-server.
+
+``ORCS_TEST_CLUSTER_APP=module:app`` runs the same scenarios against another app.
+"""
 
 from __future__ import annotations
 
