@@ -277,6 +277,7 @@ class RedisBackend(Backend):
         from redis.backoff import NoBackoff
 
         self._node = node
+        self._dirty = True
         if self.max_frame is None:
             limit = getattr(node, "max_payload_length", None)
             self.max_frame = limit if isinstance(limit, int) else None
