@@ -374,8 +374,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         elif isinstance(value, int | float):
             vals = [r[key] for r in ok if isinstance(r.get(key), int | float)]
             med[key] = statistics.median(vals) if vals else None
+        elif key == "timeline_per_s":
+            med[key] = value  # first run's timeline, for inspection
         elif isinstance(value, list) and value and isinstance(value[0], int | float):
-            med[key] = [statistics.median(r[key][i] for r in ok) for i in range(len(value))]
+            width = min(len(r.get(key) or []) for r in ok)
+            med[key] = [statistics.median(r[key][i] for r in ok) for i in range(width)]
         elif value is None:
             vals = [r[key] for r in ok if isinstance(r.get(key), int | float)]
             med[key] = statistics.median(vals) if vals else None
@@ -706,9 +709,10 @@ def main() -> None:
                 run_slow(s, c, bun, out)
             if "redis" in workloads:
                 run_redis(s, c, bun, out, notes)
-        except RuntimeError as exc:
-            notes.append(f"{s}: {exc}")
-            log(f"  {s}: {exc}")
+        except Exception as exc:  # one server failing must not lose the others' results
+            notes.append(f"{s}: {type(exc).__name__}: {exc}")
+            log(f"  {s}: {type(exc).__name__}: {exc}")
+        Path(a.out).with_suffix(".partial.json").write_text(json.dumps(res, indent=1, default=str))
     probes = {}
     for s in list(res):
         probes[s] = res[s].pop("_probe", "not probed")
