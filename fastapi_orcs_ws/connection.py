@@ -99,6 +99,22 @@ class Connection:
         """How the connection ended (or is ending): the first close code, from either side."""
         self.close_reason = ""
 
+    @classmethod
+    def detached(cls, data: ConnectionData, *, path: str = "/") -> Connection:
+        """A closed connection standing for a client held by a process that died.
+
+        Its disconnect logic can run on a surviving process; sends to it are dropped and its
+        ``websocket`` has a scope but no peer.
+        """
+
+        async def no_peer(*_: Any) -> Any:
+            raise RuntimeError("this client's connection was held by a process that died")
+
+        scope = {"type": "websocket", "path": path, "headers": [], "query_string": b""}
+        conn = cls(WebSocket(scope, no_peer, no_peer), data, max_queue=1, close_timeout=0.1)
+        conn._closed = True
+        return conn
+
     @property
     def client_id(self) -> str:
         """Shortcut for ``ws.data.client_id``."""

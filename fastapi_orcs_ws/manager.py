@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
@@ -24,7 +25,8 @@ logger = logging.getLogger("fastapi_orcs_ws")
 
 F = TypeVar("F", bound=Callable[..., Any])
 Exclude = str | Iterable[str] | None
-GoneCallback = Callable[[Collection[str]], Awaitable[None]]
+GoneClients = Mapping[str, Mapping[str, str]]
+GoneCallback = Callable[[GoneClients], Awaitable[None]]
 
 
 class Stats(BaseModel):
@@ -94,6 +96,9 @@ class WebSocketManager:
         """Handlers shared by every route (``manager.on``); a route's own handlers win."""
         self._connections: dict[str, Connection] = {}
         self._gone_callbacks: list[GoneCallback] = []
+        self._route_gone: dict[str, Callable[[str], Awaitable[None]]] = {}
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._started = False
         self._start_lock = asyncio.Lock()
         self._slow_consumers = 0
@@ -119,11 +124,14 @@ class WebSocketManager:
                 self._started = True
 
     async def stop(self) -> None:
-        """Close every local connection (1001) and stop the backend."""
+        """Close every local connection (1001), let their disconnect logic run, stop the backend."""
         if not self._started:
             return
         for conn in list(self._connections.values()):
             await conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        # Disconnect handlers may still publish (a chat's user-left): let them, for a while.
+        with anyio.move_on_after(self.settings.close_timeout):
+            await self._drained.wait()
         await self.backend.stop()
         self._started = False
 
@@ -250,20 +258,30 @@ class WebSocketManager:
         return len(self._connections)
 
     def on_clients_gone(self, callback: GoneCallback) -> None:
-        """Run ``callback(client_ids)`` when another process dies with clients (Redis)."""
+        """Run ``callback({client_id: info})`` when another process dies holding clients.
+
+        Only a shared backend (Redis) reports this, once per vanished client, on one
+        surviving process. Routes already run their ``disconnect`` handler for them.
+        """
         self._gone_callbacks.append(callback)
 
-    async def _register(self, conn: Connection) -> None:
+    def _on_route_gone(self, route: str, handler: Callable[[str], Awaitable[None]]) -> None:
+        self._route_gone[route] = handler
+
+    async def _register(self, conn: Connection, route: str = "") -> None:
         await self.start()
         self._connections[conn.data.client_id] = conn
+        self._drained.clear()
         conn._on_overflow = self._count_slow_consumer
         conn._start()
-        await self.backend.add_client(conn.data.client_id)
+        await self.backend.add_client(conn.data.client_id, {"route": route} if route else None)
 
     async def _unregister(self, conn: Connection) -> None:
         client_id = conn.data.client_id
         if self._connections.get(client_id) is conn:
             del self._connections[client_id]
+        if not self._connections:
+            self._drained.set()
         try:
             await self.backend.remove_client(client_id)
         except Exception:
@@ -305,10 +323,18 @@ class WebSocketManager:
         await conn.close(code, reason)
         return True
 
-    async def clients_gone(self, client_ids: Collection[str]) -> None:
+    async def clients_gone(self, clients: GoneClients) -> None:
+        for client_id, info in clients.items():
+            handler = self._route_gone.get(info.get("route", ""))
+            if handler is None:
+                continue
+            try:
+                await handler(client_id)
+            except Exception:
+                logger.exception("disconnect logic for vanished client %s failed", client_id)
         for callback in self._gone_callbacks:
             try:
-                await callback(client_ids)
+                await callback(clients)
             except Exception:
                 logger.exception("disconnect logic for vanished clients failed")
 

@@ -37,6 +37,8 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     UNSUPPORTED_DATA = 1003
+    ABNORMAL = 1006
+    """Never sent: reported when the peer vanished without a close frame."""
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011

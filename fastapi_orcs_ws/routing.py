@@ -78,6 +78,7 @@ class EventRoute:
         self.handlers: dict[str, EventHandler] = {}
         # Merged once here, so a route that requires auth without a key fails at start-up.
         self.authenticator = router.authenticator.for_route(auth)
+        router.manager._on_route_gone(path, self._vanished)
 
     @property
     def manager(self) -> WebSocketManager:
@@ -150,7 +151,7 @@ class EventRoute:
         )
         websocket.scope[SCOPE_CONNECTION] = conn
         websocket.scope[SCOPE_MANAGER] = manager
-        await manager._register(conn)
+        await manager._register(conn, self.path)
         expiry: asyncio.TimerHandle | None = None
         try:
             with anyio.CancelScope() as scope:
@@ -172,6 +173,17 @@ class EventRoute:
                     await self._run(conn, handler, ended, None, reply=False)
                 await manager._unregister(conn)
                 await conn._stop()
+
+    async def _vanished(self, client_id: str) -> None:
+        """Run the disconnect handler for a client whose process died (shared backends)."""
+        handler = self.handlers.get("disconnect")
+        if handler is None:
+            return
+        data = ConnectionData(client_id, connected_at=datetime.now(UTC), manager=self.manager)
+        conn = Connection.detached(data, path=self.path)
+        conn._ended(CloseCode.ABNORMAL, "node lost")
+        ended = {"code": CloseCode.ABNORMAL, "reason": "node lost"}
+        await self._run(conn, handler, ended, None, reply=False)
 
     async def _receive_loop(self, conn: Connection) -> None:
         websocket = conn.websocket

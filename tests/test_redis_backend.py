@@ -16,7 +16,13 @@ import anyio.lowlevel
 import pytest
 from starlette.websockets import WebSocketState
 
-from fastapi_orcs_ws import BackendError, ConfigurationError, Connection, WebSocketManager
+from fastapi_orcs_ws import (
+    BackendError,
+    ConfigurationError,
+    Connection,
+    WebSocketManager,
+    WebSocketSettings,
+)
 from fastapi_orcs_ws.backends import backend_from_url
 from fastapi_orcs_ws.backends.redis import RedisBackend
 from fastapi_orcs_ws.connection import ConnectionData
@@ -84,8 +90,11 @@ class Client:
 
 @pytest.fixture
 async def nodes(redis_server: RedisServer) -> AsyncIterator[list[WebSocketManager]]:
+    # Fake sockets never finish their disconnect, so stop() should not wait long for them.
+    quick = WebSocketSettings(close_timeout=0.2)
     managers = [
-        WebSocketManager(backend=f"{redis_server.url}?{FAST}&node_id=n{i}") for i in range(3)
+        WebSocketManager(settings=quick, backend=f"{redis_server.url}?{FAST}&node_id=n{i}")
+        for i in range(3)
     ]
     for manager in managers:
         await manager.start()

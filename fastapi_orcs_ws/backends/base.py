@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -12,6 +12,11 @@ __all__ = ["Backend", "BackendStats", "Node"]
 
 class Node(Protocol):
     """What a backend may ask of the process it runs in (the manager implements it)."""
+
+    @property
+    def max_payload_length(self) -> int:
+        """The largest frame a client may be sent or send, in bytes."""
+        ...
 
     def deliver_local(
         self, frame: str, client_ids: Iterable[str] | None, exclude: Collection[str]
@@ -23,8 +28,11 @@ class Node(Protocol):
         """Close a local client; False if it is not here."""
         ...
 
-    async def clients_gone(self, client_ids: Collection[str]) -> None:
-        """Clients of another process vanished (it died): run their disconnect logic."""
+    async def clients_gone(self, clients: Mapping[str, Mapping[str, str]]) -> None:
+        """Clients of another process vanished (it died): run their disconnect logic.
+
+        ``clients`` maps each client id to the ``info`` given to :meth:`Backend.add_client`.
+        """
         ...
 
 
@@ -60,8 +68,12 @@ class Backend(ABC):
         """Disconnect and forget this process's clients."""
 
     @abstractmethod
-    async def add_client(self, client_id: str) -> None:
-        """A client connected to this process."""
+    async def add_client(self, client_id: str, info: Mapping[str, str] | None = None) -> None:
+        """A client connected to this process.
+
+        ``info`` (e.g. the route it connected to) is handed back by
+        :meth:`Node.clients_gone` if this process dies without removing the client.
+        """
 
     @abstractmethod
     async def remove_client(self, client_id: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from .base import Backend, BackendStats, Node
 
@@ -32,7 +32,7 @@ class MemoryBackend(Backend):
             raise RuntimeError("backend not started")
         return self._node
 
-    async def add_client(self, client_id: str) -> None:
+    async def add_client(self, client_id: str, info: Mapping[str, str] | None = None) -> None:
         self._client_rooms.setdefault(client_id, set())
 
     async def remove_client(self, client_id: str) -> None:

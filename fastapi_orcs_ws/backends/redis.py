@@ -48,7 +48,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -91,9 +91,10 @@ local function join(cid, room, owner)
   redis.call('SADD', P..'rooms', room)
   return 1
 end
-local function add(cid, node)
+local function add(cid, node, info)
   redis.call('HSET', P..'owner', cid, node)
   redis.call('SADD', P..'node-clients:'..node, cid)
+  if info and info ~= '' then redis.call('HSET', P..'client-info', cid, info) end
 end
 local function remove(cid)
   local owner = redis.call('HGET', P..'owner', cid)
@@ -103,15 +104,20 @@ local function remove(cid)
   end
   redis.call('DEL', P..'client-rooms:'..cid)
   redis.call('HDEL', P..'owner', cid)
+  redis.call('HDEL', P..'client-info', cid)
   redis.call('SREM', P..'node-clients:'..owner, cid)
   return 1
 end
 local function drop_node(node)
-  local cids = redis.call('SMEMBERS', P..'node-clients:'..node)
-  for _, cid in ipairs(cids) do remove(cid) end
+  local gone = {}
+  for _, cid in ipairs(redis.call('SMEMBERS', P..'node-clients:'..node)) do
+    table.insert(gone, cid)
+    table.insert(gone, redis.call('HGET', P..'client-info', cid) or '')
+    remove(cid)
+  end
   redis.call('DEL', P..'node-clients:'..node)
   redis.call('SREM', P..'nodes', node)
-  return cids
+  return gone
 end
 local function excluded(key, first)
   local n = 0
@@ -123,8 +129,8 @@ end
 """
 
 _SCRIPTS = {
-    # ARGV: P, node, cid
-    "add": "add(ARGV[3], ARGV[2]) return 1",
+    # ARGV: P, node, cid, info (JSON)
+    "add": "add(ARGV[3], ARGV[2], ARGV[4]) return 1",
     # ARGV: P, cid
     "remove": "return remove(ARGV[2])",
     # ARGV: P, cid, room, self, register (0/1), command for the owner -> owner or false
@@ -166,7 +172,7 @@ return 1""",
     "heartbeat": """
 redis.call('SET', P..'alive:'..ARGV[2], '1', 'PX', ARGV[3])
 return redis.call('SADD', P..'nodes', ARGV[2])""",
-    # ARGV: P, self -> {node, {clients}, node, {clients}, ...} of the nodes reaped now
+    # ARGV: P, self -> {node, {client, info, ...}, node, {...}, ...} of the nodes reaped now
     "reap": """
 local out = {}
 for _, node in ipairs(redis.call('SMEMBERS', P..'nodes')) do
@@ -176,17 +182,19 @@ for _, node in ipairs(redis.call('SMEMBERS', P..'nodes')) do
   end
 end
 return out""",
-    # ARGV: P, node, JSON {client: [rooms]} -> make Redis hold exactly this node's view
+    # ARGV: P, node, JSON {client: [rooms]}, JSON {client: info}
+    # -> make Redis hold exactly this node's view
     "sync": """
 local node = ARGV[2]
 local want = cjson.decode(ARGV[3])
+local infos = cjson.decode(ARGV[4])
 for _, cid in ipairs(redis.call('SMEMBERS', P..'node-clients:'..node)) do
   if want[cid] == nil then remove(cid) end
 end
 for cid, rooms in pairs(want) do
   local owner = redis.call('HGET', P..'owner', cid)
   if owner and owner ~= node then remove(cid) end
-  add(cid, node)
+  add(cid, node, infos[cid])
   local keep = {}
   for _, room in ipairs(rooms) do keep[room] = true; join(cid, room, node) end
   for _, room in ipairs(redis.call('SMEMBERS', P..'client-rooms:'..cid)) do
@@ -255,6 +263,7 @@ class RedisBackend(Backend):
         # This node's clients and their rooms: the truth for local delivery, and what
         # is written back to Redis after an outage.
         self._local: dict[str, set[str]] = {}
+        self._info: dict[str, str] = {}  # client -> JSON info, kept for reaping and re-sync
         self._local_rooms: dict[str, set[str]] = {}
         self._mutations = 0
         self._dirty = True
@@ -279,7 +288,7 @@ class RedisBackend(Backend):
         self._node = node
         self._dirty = True
         if self.max_frame is None:
-            limit = getattr(node, "max_payload_length", None)
+            limit: int | None = node.max_payload_length
             self.max_frame = limit if isinstance(limit, int) else None
         # No hidden retries: a failure surfaces here, is counted and handled once.
         self._redis = Redis.from_url(
@@ -328,12 +337,16 @@ class RedisBackend(Backend):
 
     # -- membership ---------------------------------------------------------------------
 
-    async def add_client(self, client_id: str) -> None:
+    async def add_client(self, client_id: str, info: Mapping[str, str] | None = None) -> None:
         self._local.setdefault(client_id, set())
+        encoded = json.dumps(dict(info)) if info else ""
+        if encoded:
+            self._info[client_id] = encoded
         self._mutations += 1
-        await self._write("add", self.node_id, client_id)
+        await self._write("add", self.node_id, client_id, encoded)
 
     async def remove_client(self, client_id: str) -> None:
+        self._info.pop(client_id, None)
         for room in self._local.pop(client_id, ()):
             self._local_discard(room, client_id)
         self._mutations += 1
@@ -532,7 +545,13 @@ class RedisBackend(Backend):
         before = self._mutations
         self._dirty = False
         view = {cid: sorted(rooms) for cid, rooms in self._local.items()}
-        await self._run("sync", self.node_id, json.dumps(view) if view else "{}")
+        infos = {cid: self._info[cid] for cid in self._local if cid in self._info}
+        await self._run(
+            "sync",
+            self.node_id,
+            json.dumps(view) if view else "{}",
+            json.dumps(infos) if infos else "{}",
+        )
         if self._mutations != before:
             self._dirty = True  # changed meanwhile: write again on the next beat
 
@@ -547,11 +566,15 @@ class RedisBackend(Backend):
                 "node %s missed its heartbeat for %.1f s: reaped its %d clients",
                 dead,
                 self.node_ttl,
-                len(clients),
+                len(clients) // 2,
             )
             if clients:
+                gone = {
+                    cid: json.loads(info) if info else {}
+                    for cid, info in zip(clients[::2], clients[1::2], strict=True)
+                }
                 # Not awaited here: slow disconnect logic must not delay our own heartbeat.
-                self._spawn(self.node.clients_gone(list(clients)))
+                self._spawn(self.node.clients_gone(gone))
 
     async def _heartbeat_loop(self) -> None:
         while True:
