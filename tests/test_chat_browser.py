@@ -158,7 +158,9 @@ def test_spec_client_code_unchanged_talks_to_chat_app(new_page: Any, server: Liv
     assert isinstance(welcome["clientId"], str) and welcome["clientId"]
 
     message = next(payload for label, payload in received if label == "Received message:")
-    assert set(message) == {"from", "text", "timestamp"}
+    # The spec's keys, plus "room" (our addition, which the spec's client simply ignores).
+    assert set(message) == {"from", "text", "timestamp", "room"}
+    assert message["room"] == "general"
     assert message["from"] == welcome["clientId"]
     assert message["text"] == "Hello!"
     assert re.fullmatch(ISO_8601, message["timestamp"]), message

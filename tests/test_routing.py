@@ -273,9 +273,10 @@ def test_chat_example_in_process(chat_client: TestClient) -> None:
         assert welcome["payload"]["message"] == "Welcome to chat!"
         with chat_client.websocket_connect("/ws/chat") as b:
             b_id = b.receive_json()["payload"]["clientId"]
-            assert a.receive_json() == {"event": "user-joined", "payload": {"clientId": b_id}}
+            joined = {"clientId": b_id, "room": "general"}
+            assert a.receive_json() == {"event": "user-joined", "payload": joined}
             b.send_json({"event": "typing", "payload": {"room": "general"}})
-            assert a.receive_json() == {"event": "user-typing", "payload": {"clientId": b_id}}
+            assert a.receive_json() == {"event": "user-typing", "payload": joined}
             b.send_json({"event": "message", "payload": {"text": "hi"}})
             for ws in (a, b):
                 msg = ws.receive_json()
@@ -285,7 +286,8 @@ def test_chat_example_in_process(chat_client: TestClient) -> None:
             assert stats["connections"] == 2
             assert stats["rooms"] == 1
             assert stats["averageRoomSize"] == 2
-        assert a.receive_json() == {"event": "user-left", "payload": {"clientId": b_id}}
+        left = {"clientId": b_id, "room": "general"}
+        assert a.receive_json() == {"event": "user-left", "payload": left}
     assert chat_client.get("/stats").json()["connections"] == 0
     assert a_id != b_id
 

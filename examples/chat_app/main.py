@@ -41,6 +41,8 @@ class Welcome(BaseModel):
 
 class ClientRef(BaseModel):
     clientId: str
+    room: str = GENERAL
+    """The room concerned (an addition to the spec's payload; older clients ignore it)."""
 
 
 class ChatBroadcast(BaseModel):
@@ -49,6 +51,7 @@ class ChatBroadcast(BaseModel):
     from_: str = Field(alias="from")
     text: str
     timestamp: datetime
+    room: str = GENERAL
 
 
 router = WebSocketRouter()
@@ -73,22 +76,30 @@ async def connect(ws: Connection) -> None:
     await manager.join_room(client_id, GENERAL)
     await manager.send(ws, "welcome", {"message": "Welcome to chat!", "clientId": client_id})
     await manager.broadcast_to_room(
-        GENERAL, "user-joined", {"clientId": client_id}, exclude=[client_id]
+        GENERAL, "user-joined", {"clientId": client_id, "room": GENERAL}, exclude=[client_id]
     )
 
 
 @chat.on("join")
 async def join(ws: Connection, payload: RoomPayload) -> dict[str, str]:
-    await ws.data.manager.join_room(ws.data.client_id, payload.room)
+    client_id = ws.data.client_id
+    await ws.data.manager.join_room(client_id, payload.room)
     await ws.data.manager.broadcast_to_room(
-        payload.room, "user-joined", {"clientId": ws.data.client_id}, exclude=[ws.data.client_id]
+        payload.room,
+        "user-joined",
+        {"clientId": client_id, "room": payload.room},
+        exclude=[client_id],
     )
     return {"room": payload.room}
 
 
 @chat.on("leave")
 async def leave(ws: Connection, payload: RoomPayload) -> dict[str, str]:
-    await ws.data.manager.leave_room(ws.data.client_id, payload.room)
+    client_id = ws.data.client_id
+    if await ws.data.manager.leave_room(client_id, payload.room):
+        await ws.data.manager.broadcast_to_room(
+            payload.room, "user-left", {"clientId": client_id, "room": payload.room}
+        )
     return {"room": payload.room}
 
 
@@ -101,20 +112,27 @@ async def message(ws: Connection, payload: ChatMessage) -> None:
             "from": ws.data.client_id,
             "text": payload.text,
             "timestamp": datetime.now(UTC).isoformat(),
+            "room": payload.room,
         },
     )
 
 
 @chat.on("typing")
 async def typing(ws: Connection, payload: TypingPayload) -> None:
+    client_id = ws.data.client_id
     await ws.data.manager.broadcast_to_room(
-        payload.room, "user-typing", {"clientId": ws.data.client_id}, exclude=[ws.data.client_id]
+        payload.room,
+        "user-typing",
+        {"clientId": client_id, "room": payload.room},
+        exclude=[client_id],
     )
 
 
 @chat.on("disconnect")
 async def disconnect(ws: Connection) -> None:
-    await ws.data.manager.broadcast_to_room(GENERAL, "user-left", {"clientId": ws.data.client_id})
+    await ws.data.manager.broadcast_to_room(
+        GENERAL, "user-left", {"clientId": ws.data.client_id, "room": GENERAL}
+    )
 
 
 app = FastAPI(title="fastapi-orcs-ws chat")
