@@ -474,13 +474,18 @@ class FanoutRun:
             rates.append(round((d - prev[1]) / (t - prev[0])))
             prev = (t, d)
         for r in self.receivers:
-            r.transport.close()  # type: ignore[union-attr]
+            if r is not stalled:
+                r.transport.close()  # type: ignore[union-attr]
         self.sender.transport.close()  # type: ignore[union-attr]
         stalled_closed_by_server = None
-        if stalled is not None:
+        if stalled is not None:  # read what it was sent: did the server close it (4429)?
+            stalled.active = False
             stalled.transport.resume_reading()  # type: ignore[union-attr]
-            await asyncio.sleep(0.05)
+            deadline = perf() + 3
+            while perf() < deadline and not stalled.closed and stalled.close_code is None:
+                await asyncio.sleep(0.02)
             stalled_closed_by_server = stalled.close_code
+            stalled.transport.close()  # type: ignore[union-attr]
         await asyncio.sleep(0.2)
         return {
             "workload": "fanout",

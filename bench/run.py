@@ -407,10 +407,13 @@ def cpu_note(m: dict[str, Any]) -> str:
     client_core = cores[CLIENT_CPU] if len(cores) > 1 else cl
     server_core = cores[SERVER_CPU] if len(cores) > 1 else (min(sv) if sv else None)
     flag = ""
-    if len(cores) > 1 and sv and cores[SERVER_CPU] - sum(sv) > 30 and len(sv) == 1:
-        flag = " CONTENDED?"
-    if client_core is not None and client_core >= 90 and (server_core is None or server_core < 85):
-        flag = " SATURATED-CLIENT"
+    if len(cores) > 1:
+        if sv and len(sv) == 1 and cores[SERVER_CPU] - sv[0] > 15:
+            flag += " CONTENDED-0?"
+        if cl is not None and cores[CLIENT_CPU] - cl > 25:
+            flag += " CONTENDED-1?"
+    if client_core is not None and client_core >= 90 and (server_core is None or server_core < 95):
+        flag += " SATURATED-CLIENT"
     return f"c{fmt(cl)}% s{s}%{k}{flag}"
 
 
@@ -725,8 +728,8 @@ def main() -> None:
     text += ", ".join(f"{s}={v}" for s, v in probes.items())
     text += "\nCPU column: c = load client process, s = server process(es), % of one core over the measured window;"
     text += f"\n  core{SERVER_CPU}/{CLIENT_CPU} = whole-core busy % (includes loopback softirq time no process is charged for)."
-    text += "\nSATURATED-CLIENT marks figures where the client, not the server, was the limit;"
-    text += "\nCONTENDED? marks figures where core 0 was much busier than the server process (other load)."
+    text += "\nSATURATED-CLIENT: core 1 >= 90 % busy while core 0 < 95 %: the figure measures the client;"
+    text += "\nCONTENDED-0?/-1?: core 0 (1) was much busier than the server (client) process: other load ran there."
     for n in notes:
         text += f"\nNOTE: {n}"
     text += f"\n\nwall time {time.monotonic() - t0:.0f} s"
