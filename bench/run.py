@@ -231,13 +231,13 @@ def common(servers: list[Server], extra_pids: list[int] | None = None) -> list[s
 def cfg(quick: bool) -> dict[str, Any]:
     if quick:
         return {
-            "runs": 1, "fanout_n": [100, 1000], "fanout_s": 1.5, "warmup_s": 0.5, "fixed_n": 1000, "fixed_s": 2.0,
-            "echo_s": 2.0, "idle_n": 1000, "slow_n": 20, "slow_s": 4.0, "redis_n": 1000,
-            "slow_servers": {"ours", "ours-eager", "plain", "bun"},
+            "runs": 1, "fanout_n": [100, 1000], "fanout_s": 1.0, "warmup_s": 0.3, "fixed_n": 1000, "fixed_s": 1.5,
+            "echo_s": 1.5, "echo_warmup_s": 0.3, "idle_n": 1000, "slow_n": 20, "slow_s": 4.0, "redis_n": 1000,
+            "slow_servers": {"ours", "ours-eager", "plain"}, "settle_s": 0.8,
         }  # fmt: skip
     return {
         "runs": 3, "fanout_n": [100, 1000, 5000], "fanout_s": 3.0, "warmup_s": 1.0, "fixed_n": 1000, "fixed_s": 4.0,
-        "echo_s": 4.0, "idle_n": 5000, "slow_n": 20, "slow_s": 8.0, "redis_n": 1000,
+        "echo_s": 4.0, "echo_warmup_s": 0.5, "settle_s": 1.5, "idle_n": 5000, "slow_n": 20, "slow_s": 8.0, "redis_n": 1000,
         "slow_servers": set(SPECS),
     }  # fmt: skip
 
@@ -285,6 +285,7 @@ def run_echo(name: str, c: dict[str, Any], bun: str | None, out: dict[str, Any])
         runs = []
         for _ in range(c["runs"]):
             r = client(["echo", *common(servers), "--clients", "100", "--duration", str(c["echo_s"]),
+                        "--warmup", str(c["echo_warmup_s"]),
                         "--timeout", str(c["echo_s"] + 10)], c["echo_s"] + 10)  # fmt: skip
             runs.append(r)
             _progress(name, "echo x100", r, "round_trips_per_s")
@@ -295,7 +296,8 @@ def run_idle(name: str, c: dict[str, Any], bun: str | None, out: dict[str, Any])
     runs = []
     for _ in range(c["runs"]):
         with running([name], bun) as servers:
-            r = client(["idle", *common(servers), "--n", str(c["idle_n"]), "--timeout", "60"], 60)
+            r = client(["idle", *common(servers), "--n", str(c["idle_n"]), "--settle", str(c["settle_s"]),
+                        "--timeout", "60"], 60)  # fmt: skip
             runs.append(r)
             _progress(name, f"idle x{c['idle_n']}", r, "kib_per_conn")
     out["idle"] = summarize(runs)
@@ -646,13 +648,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="one run each, N=100/1,000; about a minute")
     p.add_argument("--only", default=",".join(ALL_WORKLOADS), help="comma-separated: " + ",".join(ALL_WORKLOADS))
-    p.add_argument("--servers", default=",".join(ALL_SERVERS), help="comma-separated: " + ",".join(ALL_SERVERS))
+    p.add_argument("--servers", default="", help="comma-separated: " + ",".join(ALL_SERVERS)
+                   + " (default: all; --quick leaves out plain-legacy)")
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     p.add_argument("--fanout-n", default="", help="override the receiver counts, e.g. 1000,5000")
     p.add_argument("--no-chart", action="store_true", help="do not overwrite bench/results/fanout.png")
     a = p.parse_args()
     workloads = [w for w in a.only.split(",") if w]
     servers = [s for s in a.servers.split(",") if s]
+    if not servers:
+        servers = [s for s in ALL_SERVERS if not (a.quick and s == "plain-legacy")]
+        if a.quick:
+            log("NOTE: --quick leaves out plain-legacy and runs the slow-reader case for ours and plain only")
     for w in workloads:
         if w not in ALL_WORKLOADS:
             p.error(f"unknown workload {w}")
