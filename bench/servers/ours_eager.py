@@ -14,6 +14,7 @@ and 4429 still apply.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from starlette.websockets import WebSocketDisconnect
@@ -28,12 +29,13 @@ _Conn: Any = _c.Connection
 _orig_send_frame = _Conn.send_frame
 _orig_overflow = _Conn._overflow
 _GONE = (OSError, RuntimeError, WebSocketDisconnect)
+_INFLIGHT: dict[int, asyncio.Task[None]] = {}  # id(conn) -> suspended write (Connection may use __slots__)
 
 
 def _send_frame(self: Any, frame: str) -> bool:
     if self._closed:
         return False
-    inflight = getattr(self, "_bench_inflight", None)
+    inflight = _INFLIGHT.get(id(self))
     if inflight is not None:  # a suspended write is pending: queue behind it, no wake-up
         queue = self._queue
         if len(queue) >= self._max_queue:
@@ -52,7 +54,7 @@ def _send_frame(self: Any, frame: str) -> bool:
         self._closed = True
         self._end_receive()
         return False
-    self._bench_inflight = asyncio.get_running_loop().create_task(_resume(self, coro, fut))
+    _INFLIGHT[id(self)] = asyncio.get_running_loop().create_task(_resume(self, coro, fut))
     return True
 
 
@@ -76,17 +78,21 @@ async def _resume(self: Any, coro: Any, fut: Any) -> None:
         self._end_receive()
     finally:
         coro.close()
-        self._bench_inflight = None
+        _INFLIGHT.pop(id(self), None)
         if self._queue and not self._closed:
             self._wake()
 
 
 def _overflow(self: Any) -> None:
-    inflight = getattr(self, "_bench_inflight", None)
+    inflight = _INFLIGHT.get(id(self))
     if inflight is not None:
         inflight.cancel()
     _orig_overflow(self)
 
 
-_Conn.send_frame = _send_frame
-_Conn._overflow = _overflow
+if "_in_flight" in getattr(_Conn, "__slots__", ()) or hasattr(_Conn, "_in_flight"):
+    # The core has its own eager write path now: measure it as it is.
+    logging.getLogger("bench").warning("ours-eager: core already writes eagerly; not patching")
+else:
+    _Conn.send_frame = _send_frame
+    _Conn._overflow = _overflow
