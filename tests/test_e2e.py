@@ -282,3 +282,33 @@ def test_raw_handshake_helper_works_with_plain_sockets() -> None:
         finally:
             sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+
+async def test_a_reader_that_pauses_gets_everything_in_order_later() -> None:
+    # The peer's socket fills up mid-write: the write finishes later, frames queue behind
+    # it in order, and nothing is lost as long as the queue does not overflow.
+    app, router, _ = make_app(WebSocketSettings(send_queue_size=1024))
+    total, size = 600, 16384  # ~10 MB: more than loopback's socket buffers hold
+    with serve(app) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await anyio.to_thread.run_sync(sock.connect_ex, ("127.0.0.1", server.port))
+        async with (
+            client(server.ws_url("/ws"), sock=sock, max_size=None, max_queue=4) as paused,
+            client(server.ws_url("/ws"), max_size=None) as sender,
+        ):
+            await expect(paused, "hello")
+            await expect(sender, "hello")
+            await send(sender, "blast", {"count": total, "size": size})
+            for ws in (sender, paused):  # `paused` has not read anything until now
+                seen = []
+                with anyio.fail_after(30):
+                    while len(seen) < total:
+                        frame = json.loads(await ws.recv())
+                        if frame["event"] == "n":
+                            seen.append(frame["payload"]["i"])
+                assert seen == list(range(total))
+            stats = await router.manager.get_stats()
+            assert stats.slow_consumer_disconnects == 0
+            assert stats.connections == 2
