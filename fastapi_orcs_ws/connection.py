@@ -98,12 +98,12 @@ class Connection:
     __slots__ = (
         "_close_timeout",
         "_closed",
+        "_closer",
         "_in_flight",
         "_max_queue",
         "_on_overflow",
         "_queue",
         "_receive_scope",
-        "_waiter",
         "_writer",
         "close_code",
         "close_reason",
@@ -124,8 +124,8 @@ class Connection:
         self._queue: deque[str | _Close] = deque()
         self._max_queue = max_queue
         self._close_timeout = close_timeout
-        self._waiter: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self._in_flight: _Resume | None = None
         self._closed = False
         self._receive_scope: anyio.CancelScope | None = None
@@ -176,20 +176,15 @@ class Connection:
         """Send an already-encoded text frame, or queue it; never blocks."""
         if self._closed:
             return False
-        if self._waiter is not None:
-            # The writer is idle (nothing queued, nothing in flight): write now, saving a
-            # task switch per frame. If the peer's socket is full, the writer finishes it.
+        if self._writer is None:
+            # Nothing queued, nothing in flight: write in the caller's task, which costs no
+            # task switch. Only if the peer's socket is full does a writer task take over.
             return self._write_now(frame)
         queue = self._queue
         if len(queue) >= self._max_queue:
             self._overflow()
             return False
         queue.append(frame)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
         return True
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
@@ -209,7 +204,8 @@ class Connection:
         reason = truncate_reason(reason)
         self._ended(code, reason)
         self._queue.append(_Close(code, reason))
-        self._wake()
+        if self._writer is None:
+            self._start_writer()
 
     def _ended(self, code: int, reason: str) -> None:
         if self.close_code is None:
@@ -218,10 +214,8 @@ class Connection:
 
     # -- lifecycle, driven by the route -------------------------------------------------
 
-    def _start(self) -> None:
-        self._writer = asyncio.get_running_loop().create_task(
-            self._write_loop(), name=f"ws-writer-{self.data.client_id}"
-        )
+    def _start_writer(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _stop(self) -> None:
         """Stop writing: called once the receive loop has ended."""
@@ -229,10 +223,8 @@ class Connection:
         writer = self._writer
         if writer is None or writer.done():
             return
-        pending = self._queue or self._in_flight is not None
-        if pending and self.websocket.application_state == WebSocketState.CONNECTED:
+        if self.websocket.application_state == WebSocketState.CONNECTED:
             # Let a pending close (a kick, a 1009) go out, but never wait on a stalled peer.
-            self._wake()
             with anyio.move_on_after(self._close_timeout):
                 await asyncio.shield(writer)
         writer.cancel()
@@ -249,7 +241,7 @@ class Connection:
             self._peer_gone(exc)
             return False
         self._in_flight = _Resume(send, blocked_on)
-        self._wake()
+        self._start_writer()
         return True
 
     def _peer_gone(self, exc: BaseException) -> None:
@@ -259,27 +251,22 @@ class Connection:
         self._queue.clear()
         self._end_receive()
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
     def _overflow(self) -> None:
         """The client stopped reading: drop its backlog and close it with 4429."""
         self._closed = True
         self._ended(CloseCode.SLOW_CONSUMER, "slow consumer")
         self._queue.clear()
-        if self._writer is not None:
-            self._writer.cancel()
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
         if self._on_overflow is not None:
             self._on_overflow(self)
-        asyncio.get_running_loop().create_task(self._close_stalled())
+        # Held on the connection: the event loop keeps only weak references to tasks.
+        self._closer = asyncio.get_running_loop().create_task(self._close_stalled(writer))
 
-    async def _close_stalled(self) -> None:
-        if self._writer is not None:
-            await asyncio.wait([self._writer])
+    async def _close_stalled(self, writer: asyncio.Task[None] | None) -> None:
+        if writer is not None:
+            await asyncio.wait([writer])
         with anyio.move_on_after(self._close_timeout):
             await self._send_close(CloseCode.SLOW_CONSUMER, "slow consumer")
         self._end_receive()
@@ -295,24 +282,23 @@ class Connection:
             self._receive_scope.cancel()
 
     async def _write_loop(self) -> None:
+        """Finish a blocked write, drain the queue, then exit: the connection is idle again."""
         queue = self._queue
         send = self.websocket.send
-        loop = asyncio.get_running_loop()
         try:
-            while True:
-                if self._in_flight is not None:
-                    await self._in_flight
-                    self._in_flight = None
-                while queue:
-                    item = queue.popleft()
-                    if isinstance(item, _Close):
-                        queue.clear()
-                        await self._send_close(item.code, item.reason)
-                        self._end_receive()
-                        return
-                    await send({"type": "websocket.send", "text": item})
-                waiter = loop.create_future()
-                self._waiter = waiter
-                await waiter
+            if self._in_flight is not None:
+                await self._in_flight
+                self._in_flight = None
+            while queue:
+                item = queue.popleft()
+                if isinstance(item, _Close):
+                    queue.clear()
+                    await self._send_close(item.code, item.reason)
+                    self._end_receive()
+                    return
+                await send({"type": "websocket.send", "text": item})
         except _PEER_GONE as exc:
             self._peer_gone(exc)
+        finally:
+            # No await since the queue was last seen empty, so no frame can be stranded.
+            self._writer = None

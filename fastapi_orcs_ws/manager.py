@@ -273,7 +273,6 @@ class WebSocketManager:
         self._connections[conn.data.client_id] = conn
         self._drained.clear()
         conn._on_overflow = self._count_slow_consumer
-        conn._start()
         await self.backend.add_client(conn.data.client_id, {"route": route} if route else None)
 
     async def _unregister(self, conn: Connection) -> None:
