@@ -300,17 +300,25 @@ class WebSocketManager:
     def deliver_local(
         self, frame: str, client_ids: Iterable[str] | None, exclude: Collection[str]
     ) -> int:
+        # The hot path of every broadcast. No copies: sending never changes membership
+        # synchronously (a failing peer is cleaned up by its own task, later).
         conns = self._connections
         sent = 0
         if client_ids is None:
-            for client_id, conn in list(conns.items()):
-                if client_id not in exclude and conn.send_frame(frame):
-                    sent += 1
+            if exclude:
+                for client_id, conn in conns.items():
+                    if client_id not in exclude and conn.send_frame(frame):
+                        sent += 1
+            else:
+                for conn in conns.values():
+                    if conn.send_frame(frame):
+                        sent += 1
             return sent
-        for client_id in list(client_ids):
-            if client_id in exclude:
+        get = conns.get
+        for client_id in client_ids:
+            if exclude and client_id in exclude:
                 continue
-            target = conns.get(client_id)
+            target = get(client_id)
             if target is not None and target.send_frame(frame):
                 sent += 1
         return sent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -360,3 +361,16 @@ async def test_redis_outage_local_delivery_continues_and_state_is_restored(
     await a.broadcast_to_room("general", "after")
     await eventually(lambda: len(b1.events("after")) == 1, what="cross-node delivery resumed")
     assert b1.events("during") == [], "at most once: the outage's frame is lost for b1"
+
+
+async def test_a_burst_of_joins_waits_for_the_connection_pool(
+    nodes: list[WebSocketManager],
+) -> None:
+    # Far more concurrent commands than pooled connections: they wait, none fails.
+    a = nodes[0]
+    clients = [await Client(a, f"burst{i}").connect() for i in range(600)]
+    await asyncio.gather(*(a.join_room(c.id, "big") for c in clients))
+    assert len(await a.get_room_clients("big")) == 600
+    stats = await a.get_stats()
+    assert stats.backend_healthy
+    assert stats.backend_details["publish_failures"] == 0

@@ -12,6 +12,7 @@ Options of this backend go in the query string; the others are redis-py's own
 ``max_frame``   largest frame in bytes that may be published (default: the manager's
                 ``max_payload_length``)
 ``node_id``     this process's id (default: host, pid and a random suffix)
+``max_connections``  size of the connection pool; callers beyond it wait (default 50)
 
 A node whose heartbeat lapsed is reaped by exactly one survivor within about
 ``node_ttl + heartbeat`` seconds (13.3 s by default). Keys (``P`` is the prefix):
@@ -210,7 +211,7 @@ return {redis.call('HLEN', P..'owner'), redis.call('SCARD', P..'rooms'),
         tonumber(redis.call('GET', P..'memberships') or '0')}""",
 }
 
-_OPTIONS = ("node_ttl", "heartbeat", "prefix", "max_frame", "node_id")
+_OPTIONS = ("node_ttl", "heartbeat", "prefix", "max_frame", "node_id", "max_connections")
 
 
 class RedisBackend(Backend):
@@ -245,6 +246,7 @@ class RedisBackend(Backend):
         try:
             self.node_ttl = float(options.get("node_ttl", 10))
             self.heartbeat = float(options.get("heartbeat", self.node_ttl / 3))
+            self.max_connections = int(options.get("max_connections", 50))
             frame_limit = options.get("max_frame")
             self.max_frame = int(frame_limit) if frame_limit else max_frame
         except ValueError as exc:
@@ -281,7 +283,7 @@ class RedisBackend(Backend):
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self, node: Node) -> None:
-        from redis.asyncio import Redis
+        from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
@@ -291,13 +293,18 @@ class RedisBackend(Backend):
             limit: int | None = node.max_payload_length
             self.max_frame = limit if isinstance(limit, int) else None
         # No hidden retries: a failure surfaces here, is counted and handled once.
-        self._redis = Redis.from_url(
+        # A blocking pool: a burst of joins (a thousand clients connecting at once) waits
+        # for a connection instead of failing with MaxConnectionsError.
+        pool = BlockingConnectionPool.from_url(
             self._url,
+            max_connections=self.max_connections,
+            timeout=5.0,
             decode_responses=True,
             socket_connect_timeout=2.0,
             socket_timeout=5.0,
             retry=Retry(NoBackoff(), 0),
         )
+        self._redis = Redis.from_pool(pool)  # owns the pool: aclose() closes its sockets
         self._scripts = {
             name: self._redis.register_script(_LIB + body) for name, body in _SCRIPTS.items()
         }
