@@ -57,6 +57,8 @@ SPECS: dict[str, dict[str, Any]] = {
     "ours": {"app": "bench.servers.ours:app", "ws": "websockets-sansio", "kind": "envelope"},
     # experiment, not in the default list: the core with an eager write path patched in
     "ours-eager": {"app": "bench.servers.ours_eager:app", "ws": "websockets-sansio", "kind": "envelope"},
+    # diagnostic, not in the default list: ours with the cyclic GC off
+    "ours-nogc": {"app": "bench.servers.ours_nogc:app", "ws": "websockets-sansio", "kind": "envelope"},
     "plain": {"app": "bench.servers.plain:app", "ws": "websockets-sansio", "kind": "envelope"},
     "plain-legacy": {"app": "bench.servers.plain:app", "ws": "websockets", "kind": "envelope"},
     "socketio": {"app": "bench.servers.socketio_server:app", "ws": "websockets-sansio", "kind": "socketio"},

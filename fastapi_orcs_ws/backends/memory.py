@@ -16,7 +16,8 @@ class MemoryBackend(Backend):
 
     def __init__(self) -> None:
         self._node: Node | None = None
-        self._rooms: dict[str, set[str]] = {}
+        # Rooms are insertion-ordered dicts: a broadcast reaches members in join order.
+        self._rooms: dict[str, dict[str, None]] = {}
         self._client_rooms: dict[str, set[str]] = {}
 
     async def start(self, node: Node) -> None:
@@ -44,7 +45,7 @@ class MemoryBackend(Backend):
         if rooms is None:
             return False
         rooms.add(room)
-        self._rooms.setdefault(room, set()).add(client_id)
+        self._rooms.setdefault(room, {})[client_id] = None
         return True
 
     async def leave(self, client_id: str, room: str) -> bool:
@@ -58,7 +59,7 @@ class MemoryBackend(Backend):
     def _discard(self, room: str, client_id: str) -> None:
         members = self._rooms.get(room)
         if members is not None:
-            members.discard(client_id)
+            members.pop(client_id, None)
             if not members:
                 del self._rooms[room]
 
