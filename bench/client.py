@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -210,7 +211,9 @@ async def open_conn(
     return proto
 
 
-async def open_many(factory: Any, host: str, ports: list[int], n: int, concurrency: int = 100) -> list[Any]:
+async def open_many(
+    factory: Any, host: str, ports: list[int], n: int, concurrency: int = 100
+) -> list[Any]:
     sem = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> Any:
@@ -231,10 +234,8 @@ class CpuMeter:
         self.me = psutil.Process()
         self.servers = []
         for pid in server_pids:
-            try:
+            with contextlib.suppress(psutil.Error):
                 self.servers.append(psutil.Process(pid))
-            except psutil.Error:
-                pass
 
     @staticmethod
     def _cpu(p: psutil.Process) -> float:
@@ -261,12 +262,16 @@ class CpuMeter:
     def stop(self) -> dict[str, Any]:
         wall = max(perf() - self.t0, 1e-9)
         k1 = self._cores()
-        busy = [round(100 * (b1 - b0) / max(t1 - t0, 1e-9), 1) for (t0, b0), (t1, b1) in zip(self.k0, k1, strict=True)]
+        busy = [
+            round(100 * (b1 - b0) / max(t1 - t0, 1e-9), 1)
+            for (t0, b0), (t1, b1) in zip(self.k0, k1, strict=True)
+        ]
         return {
             "core_busy_pct": busy,
             "client_cpu_pct": round(100 * (self._cpu(self.me) - self.c0) / wall, 1),
             "server_cpu_pct": [
-                round(100 * (self._cpu(p) - s) / wall, 1) for p, s in zip(self.servers, self.s0, strict=True)
+                round(100 * (self._cpu(p) - s) / wall, 1)
+                for p, s in zip(self.servers, self.s0, strict=True)
             ],
         }
 
@@ -282,7 +287,9 @@ def pct(values: list[float], q: float) -> float | None:
 class Receiver(Conn):
     """Room member. Slow path until the "go" marker, then counts frames in order."""
 
-    def __init__(self, run: FanoutRun, idx: int, host: str, port: int, kind: str, active: bool) -> None:
+    def __init__(
+        self, run: FanoutRun, idx: int, host: str, port: int, kind: str, active: bool
+    ) -> None:
         super().__init__(host, port, path_for(kind), kind)
         self.run = run
         self.idx = idx
@@ -378,7 +385,11 @@ class FanoutRun:
         now = perf()
         while self.sent < self.k and self.sent - self.completed < w:
             self.sent_at[self.sent] = now
-            out.append(client_frame(encode_event(self.args.kind, "publish", publish_payload(self.sent, now))))
+            out.append(
+                client_frame(
+                    encode_event(self.args.kind, "publish", publish_payload(self.sent, now))
+                )
+            )
             self.sent += 1
         if out:
             self.sender.write(b"".join(out))  # type: ignore[union-attr]
@@ -390,7 +401,13 @@ class FanoutRun:
         self.sent_at[self.sent] = now
         self.sender.send("publish", publish_payload(self.sent, now))  # type: ignore[union-attr]
         self.sent += 1
-        loop.call_at(loop.time() + max(0.0, t0 + self.sent * interval - perf()), self.fixed_tick, loop, t0, interval)
+        loop.call_at(
+            loop.time() + max(0.0, t0 + self.sent * interval - perf()),
+            self.fixed_tick,
+            loop,
+            t0,
+            interval,
+        )
 
     async def main(self) -> dict[str, Any]:
         a = self.args
@@ -403,10 +420,15 @@ class FanoutRun:
         stalled: Receiver | None = None
         if a.stalled:
             stalled = await open_conn(
-                lambda: Receiver(self, -1, host, ports[0], a.kind, False), host, ports[0], rcvbuf=4096
+                lambda: Receiver(self, -1, host, ports[0], a.kind, False),
+                host,
+                ports[0],
+                rcvbuf=4096,
             )
             self.receivers.append(stalled)
-        self.sender = await open_conn(lambda: Conn(host, ports[0], path_for(a.kind), a.kind), host, ports[0])
+        self.sender = await open_conn(
+            lambda: Conn(host, ports[0], path_for(a.kind), a.kind), host, ports[0]
+        )
         t_conn = perf() - t_conn
         extensions = sorted({r.extensions for r in self.receivers} | {self.sender.extensions})
         for r in self.receivers:
@@ -416,8 +438,8 @@ class FanoutRun:
         for _ in range(20):
             self.sender.send("publish", f'{{"room":"{ROOM}","sync":1}}')
             deadline = perf() + 1.0
-            while perf() < deadline and not all(r.synced for r in self.receivers):
-                await asyncio.sleep(0.01)
+            while perf() < deadline and not all(r.synced for r in self.receivers):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # polled: the protocol callbacks stay event-free
             if all(r.synced for r in self.receivers):
                 break
         if not all(r.synced for r in self.receivers):
@@ -482,7 +504,7 @@ class FanoutRun:
             stalled.active = False
             stalled.transport.resume_reading()  # type: ignore[union-attr]
             deadline = perf() + 3
-            while perf() < deadline and not stalled.closed and stalled.close_code is None:
+            while perf() < deadline and not stalled.closed and stalled.close_code is None:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             stalled_closed_by_server = stalled.close_code
             stalled.transport.close()  # type: ignore[union-attr]
@@ -554,7 +576,9 @@ class EchoRun:
 
     async def main(self) -> dict[str, Any]:
         a = self.args
-        clients = await open_many(lambda i: EchoClient(self, a.host, a.ports[0], a.kind), a.host, a.ports, a.clients)
+        clients = await open_many(
+            lambda i: EchoClient(self, a.host, a.ports[0], a.kind), a.host, a.ports, a.clients
+        )
         extensions = sorted({c.extensions for c in clients})
         for c in clients:
             c.kick()
@@ -570,7 +594,7 @@ class EchoRun:
         self.running = False
         self.outstanding = len(clients)
         deadline = perf() + 5
-        while self.outstanding > 0 and perf() < deadline:
+        while self.outstanding > 0 and perf() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         total = sum(c.count for c in clients)
         for c in clients:
@@ -652,7 +676,7 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--settle", type=float, default=1.5)
     a = p.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         import uvloop

@@ -45,23 +45,34 @@ except ImportError:
     LOOP = "asyncio"
 
 UVICORN_FLAGS = [
-    "--http", "h11",
-    "--loop", LOOP,
-    "--ws-per-message-deflate", "false",
-    "--backlog", "4096",
-    "--log-level", "warning",
+    "--http",
+    "h11",
+    "--loop",
+    LOOP,
+    "--ws-per-message-deflate",
+    "false",
+    "--backlog",
+    "4096",
+    "--log-level",
+    "warning",
     "--no-access-log",
-]  # fmt: skip
+]
 
 SPECS: dict[str, dict[str, Any]] = {
     "ours": {"app": "bench.servers.ours:app", "ws": "websockets-sansio", "kind": "envelope"},
-    # experiment, not in the default list: the core with an eager write path patched in
-    "ours-eager": {"app": "bench.servers.ours_eager:app", "ws": "websockets-sansio", "kind": "envelope"},
     # diagnostic, not in the default list: ours with the cyclic GC off
-    "ours-nogc": {"app": "bench.servers.ours_nogc:app", "ws": "websockets-sansio", "kind": "envelope"},
+    "ours-nogc": {
+        "app": "bench.servers.ours_nogc:app",
+        "ws": "websockets-sansio",
+        "kind": "envelope",
+    },
     "plain": {"app": "bench.servers.plain:app", "ws": "websockets-sansio", "kind": "envelope"},
     "plain-legacy": {"app": "bench.servers.plain:app", "ws": "websockets", "kind": "envelope"},
-    "socketio": {"app": "bench.servers.socketio_server:app", "ws": "websockets-sansio", "kind": "socketio"},
+    "socketio": {
+        "app": "bench.servers.socketio_server:app",
+        "ws": "websockets-sansio",
+        "kind": "socketio",
+    },
     "bun": {"bun": "bench/servers/bun_server.ts", "kind": "envelope"},
 }
 
@@ -93,7 +104,11 @@ def pinning_possible() -> bool:
 # --------------------------------------------------------------------------- bun
 def find_bun() -> tuple[str | None, str]:
     """A runnable bun binary, installing the npm package in a scratch dir if needed."""
-    candidates = [os.environ.get("BUN"), shutil.which("bun"), str(BUN_SCRATCH / "node_modules/.bin/bun")]
+    candidates = [
+        os.environ.get("BUN"),
+        shutil.which("bun"),
+        str(BUN_SCRATCH / "node_modules/.bin/bun"),
+    ]
     for c in candidates:
         if c and Path(c).exists():
             ok, version = _bun_version(c)
@@ -107,8 +122,11 @@ def find_bun() -> tuple[str | None, str]:
     try:
         subprocess.run(
             [npm, "install", "--no-audit", "--no-fund", "bun"],
-            cwd=BUN_SCRATCH, capture_output=True, timeout=240, check=True,
-        )  # fmt: skip
+            cwd=BUN_SCRATCH,
+            capture_output=True,
+            timeout=240,
+            check=True,
+        )
     except (subprocess.SubprocessError, OSError) as exc:
         return None, f"npm install bun failed: {exc}"
     c = str(BUN_SCRATCH / "node_modules/.bin/bun")
@@ -126,7 +144,9 @@ def _bun_version(path: str) -> tuple[bool, str]:
 
 # --------------------------------------------------------------------------- servers
 class Server:
-    def __init__(self, name: str, bun: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, bun: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.spec = SPECS[name]
         self.port = free_port()
@@ -134,14 +154,29 @@ class Server:
         if "bun" in self.spec:
             cmd = [bun or "bun", "run", self.spec["bun"]]
         else:
-            cmd = [PY, "-m", "uvicorn", self.spec["app"], "--host", "127.0.0.1",
-                   "--port", str(self.port), "--ws", self.spec["ws"], *UVICORN_FLAGS]  # fmt: skip
+            cmd = [
+                PY,
+                "-m",
+                "uvicorn",
+                self.spec["app"],
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--ws",
+                self.spec["ws"],
+                *UVICORN_FLAGS,
+            ]
         full_env = {**os.environ, "PORT": str(self.port), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.logf = open(self.log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=full_env, stdout=self.logf, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.logf,
+            stderr=subprocess.STDOUT,
             preexec_fn=_limits(SERVER_CPU),
-        )  # fmt: skip
+        )
         self.pid = self.proc.pid
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -149,7 +184,10 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
                 return
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not listen within {timeout}s: {self.tail()}")
@@ -209,9 +247,13 @@ def client(args: list[str], timeout: float) -> dict[str, Any]:
     cmd = [PY, "-m", "bench.client", *args]
     try:
         out = subprocess.run(
-            cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 150,
+            cmd,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout + 150,
             preexec_fn=_limits(CLIENT_CPU),
-        )  # fmt: skip
+        )
     except subprocess.TimeoutExpired:
         return {"error": "client timed out"}
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
@@ -223,25 +265,50 @@ def client(args: list[str], timeout: float) -> dict[str, Any]:
 def common(servers: list[Server], extra_pids: list[int] | None = None) -> list[str]:
     pids = [s.pid for s in servers] + (extra_pids or [])
     return [
-        "--ports", ",".join(str(s.port) for s in servers),
-        "--kind", servers[0].spec["kind"],
-        "--server-pids", ",".join(map(str, pids)),
-    ]  # fmt: skip
+        "--ports",
+        ",".join(str(s.port) for s in servers),
+        "--kind",
+        servers[0].spec["kind"],
+        "--server-pids",
+        ",".join(map(str, pids)),
+    ]
 
 
 # --------------------------------------------------------------------------- workloads
 def cfg(quick: bool) -> dict[str, Any]:
     if quick:
         return {
-            "runs": 1, "fanout_n": [100, 1000], "fanout_s": 1.0, "warmup_s": 0.3, "fixed_n": 1000, "fixed_s": 1.5,
-            "echo_s": 1.5, "echo_warmup_s": 0.3, "idle_n": 1000, "slow_n": 20, "slow_s": 4.0, "redis_n": 1000,
-            "slow_servers": {"ours", "ours-eager", "plain"}, "settle_s": 0.8,
-        }  # fmt: skip
+            "runs": 1,
+            "fanout_n": [100, 1000],
+            "fanout_s": 1.0,
+            "warmup_s": 0.3,
+            "fixed_n": 1000,
+            "fixed_s": 1.5,
+            "echo_s": 1.5,
+            "echo_warmup_s": 0.3,
+            "idle_n": 1000,
+            "slow_n": 20,
+            "slow_s": 4.0,
+            "redis_n": 1000,
+            "slow_servers": {"ours", "plain"},
+            "settle_s": 0.8,
+        }
     return {
-        "runs": 3, "fanout_n": [100, 1000, 5000], "fanout_s": 3.0, "warmup_s": 1.0, "fixed_n": 1000, "fixed_s": 4.0,
-        "echo_s": 4.0, "echo_warmup_s": 0.5, "settle_s": 1.5, "idle_n": 5000, "slow_n": 20, "slow_s": 8.0, "redis_n": 1000,
+        "runs": 3,
+        "fanout_n": [100, 1000, 5000],
+        "fanout_s": 3.0,
+        "warmup_s": 1.0,
+        "fixed_n": 1000,
+        "fixed_s": 4.0,
+        "echo_s": 4.0,
+        "echo_warmup_s": 0.5,
+        "settle_s": 1.5,
+        "idle_n": 5000,
+        "slow_n": 20,
+        "slow_s": 8.0,
+        "redis_n": 1000,
         "slow_servers": set(SPECS),
-    }  # fmt: skip
+    }
 
 
 FIXED_DELIVERIES_PER_S = 10_000
@@ -257,15 +324,42 @@ def window(n: int) -> int:
 def run_fanout(name: str, c: dict[str, Any], bun: str | None, out: dict[str, Any]) -> None:
     with running([name], bun) as servers:
         out["_probe"] = probe_extensions(servers[0])
-        client(["fanout", *common(servers), "--n", "100", "--k", str(MAX_K), "--warmup", "0",
-                "--timeout", "1"], 1)  # discarded: a fresh server runs slow for its first second
+        client(
+            [
+                "fanout",
+                *common(servers),
+                "--n",
+                "100",
+                "--k",
+                str(MAX_K),
+                "--warmup",
+                "0",
+                "--timeout",
+                "1",
+            ],
+            1,
+        )  # discarded: a fresh server runs slow for its first second
         for n in c["fanout_n"]:
             runs = []
             for _ in range(c["runs"]):
                 k = min(MAX_K, max(2000, int(2_000_000 * c["fanout_s"] / n)))
-                r = client(["fanout", *common(servers), "--n", str(n), "--k", str(k), "--window",
-                            str(window(n)), "--warmup", str(c["warmup_s"]), "--timeout",
-                            str(c["fanout_s"])], c["fanout_s"])  # fmt: skip
+                r = client(
+                    [
+                        "fanout",
+                        *common(servers),
+                        "--n",
+                        str(n),
+                        "--k",
+                        str(k),
+                        "--window",
+                        str(window(n)),
+                        "--warmup",
+                        str(c["warmup_s"]),
+                        "--timeout",
+                        str(c["fanout_s"]),
+                    ],
+                    c["fanout_s"],
+                )
                 runs.append(r)
                 _progress(name, f"fanout N={n}", r, "deliveries_per_s")
             out[f"fanout_{n}"] = summarize(runs)
@@ -274,9 +368,25 @@ def run_fanout(name: str, c: dict[str, Any], bun: str | None, out: dict[str, Any
         runs = []
         for _ in range(c["runs"]):
             k = max(2, int(rate * c["fixed_s"]))
-            r = client(["fanout", *common(servers), "--n", str(n), "--k", str(k), "--mode", "fixed",
-                        "--rate", str(rate), "--warmup", "0", "--timeout", str(c["fixed_s"] + 10)],
-                       c["fixed_s"] + 10)  # fmt: skip
+            r = client(
+                [
+                    "fanout",
+                    *common(servers),
+                    "--n",
+                    str(n),
+                    "--k",
+                    str(k),
+                    "--mode",
+                    "fixed",
+                    "--rate",
+                    str(rate),
+                    "--warmup",
+                    "0",
+                    "--timeout",
+                    str(c["fixed_s"] + 10),
+                ],
+                c["fixed_s"] + 10,
+            )
             runs.append(r)
             _progress(name, f"fixed N={n} @{FIXED_DELIVERIES_PER_S}/s", r, "p99_ms")
         out[f"fixed_{n}"] = summarize(runs)
@@ -286,9 +396,21 @@ def run_echo(name: str, c: dict[str, Any], bun: str | None, out: dict[str, Any])
     with running([name], bun) as servers:
         runs = []
         for _ in range(c["runs"]):
-            r = client(["echo", *common(servers), "--clients", "100", "--duration", str(c["echo_s"]),
-                        "--warmup", str(c["echo_warmup_s"]),
-                        "--timeout", str(c["echo_s"] + 10)], c["echo_s"] + 10)  # fmt: skip
+            r = client(
+                [
+                    "echo",
+                    *common(servers),
+                    "--clients",
+                    "100",
+                    "--duration",
+                    str(c["echo_s"]),
+                    "--warmup",
+                    str(c["echo_warmup_s"]),
+                    "--timeout",
+                    str(c["echo_s"] + 10),
+                ],
+                c["echo_s"] + 10,
+            )
             runs.append(r)
             _progress(name, "echo x100", r, "round_trips_per_s")
         out["echo"] = summarize(runs)
@@ -298,8 +420,19 @@ def run_idle(name: str, c: dict[str, Any], bun: str | None, out: dict[str, Any])
     runs = []
     for _ in range(c["runs"]):
         with running([name], bun) as servers:
-            r = client(["idle", *common(servers), "--n", str(c["idle_n"]), "--settle", str(c["settle_s"]),
-                        "--timeout", "60"], 60)  # fmt: skip
+            r = client(
+                [
+                    "idle",
+                    *common(servers),
+                    "--n",
+                    str(c["idle_n"]),
+                    "--settle",
+                    str(c["settle_s"]),
+                    "--timeout",
+                    "60",
+                ],
+                60,
+            )
             runs.append(r)
             _progress(name, f"idle x{c['idle_n']}", r, "kib_per_conn")
     out["idle"] = summarize(runs)
@@ -313,9 +446,25 @@ def run_slow(name: str, c: dict[str, Any], bun: str | None, out: dict[str, Any])
             runs = []
             for _ in range(c["runs"]):
                 half = c["slow_s"] / 2
-                r = client(["fanout", *common(servers), "--n", str(c["slow_n"]), "--k", str(MAX_K),
-                            "--window", str(window(c["slow_n"])), "--stalled", str(stalled),
-                            "--warmup", str(half), "--timeout", str(half)], c["slow_s"])  # fmt: skip
+                r = client(
+                    [
+                        "fanout",
+                        *common(servers),
+                        "--n",
+                        str(c["slow_n"]),
+                        "--k",
+                        str(MAX_K),
+                        "--window",
+                        str(window(c["slow_n"])),
+                        "--stalled",
+                        str(stalled),
+                        "--warmup",
+                        str(half),
+                        "--timeout",
+                        str(half),
+                    ],
+                    c["slow_s"],
+                )
                 runs.append(r)
                 _progress(name, f"slow-reader stalled={stalled}", r, "deliveries_per_s")
             out[f"slow_{stalled}"] = summarize(runs)
@@ -325,12 +474,16 @@ def redis_pid() -> int | None:
     try:
         import redis
 
-        return int(redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2).info("server")["process_id"])
+        return int(
+            redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2).info("server")["process_id"]
+        )
     except Exception:
         return None
 
 
-def run_redis(name: str, c: dict[str, Any], bun: str | None, out: dict[str, Any], notes: list[str]) -> None:
+def run_redis(
+    name: str, c: dict[str, Any], bun: str | None, out: dict[str, Any], notes: list[str]
+) -> None:
     if name != "ours":
         return
     rpid = redis_pid()
@@ -349,9 +502,23 @@ def run_redis(name: str, c: dict[str, Any], bun: str | None, out: dict[str, Any]
         n = c["redis_n"]
         for _ in range(c["runs"]):
             k = min(MAX_K, max(2000, int(2_000_000 * c["fanout_s"] / n)))
-            r = client(["fanout", *common(servers, [rpid]), "--n", str(n), "--k", str(k), "--window",
-                        str(window(n)), "--warmup", str(c["warmup_s"]), "--timeout", str(c["fanout_s"])],
-                       c["fanout_s"])  # fmt: skip
+            r = client(
+                [
+                    "fanout",
+                    *common(servers, [rpid]),
+                    "--n",
+                    str(n),
+                    "--k",
+                    str(k),
+                    "--window",
+                    str(window(n)),
+                    "--warmup",
+                    str(c["warmup_s"]),
+                    "--timeout",
+                    str(c["fanout_s"]),
+                ],
+                c["fanout_s"],
+            )
             runs.append(r)
             _progress(name, f"redis 2 procs N={n}", r, "deliveries_per_s")
         out[f"redis_{n}"] = summarize(runs)
@@ -363,7 +530,11 @@ def _progress(name: str, what: str, r: dict[str, Any], key: str) -> None:
     if "error" in r:
         log(f"  {name:13} {what:28} ERROR {r['error']}")
         return
-    extra = f"client CPU {r.get('client_cpu_pct', '-')}%, server CPU {r.get('server_cpu_pct', '-')}, cores busy {r.get('core_busy_pct', '-')}"
+    extra = (
+        f"client CPU {r.get('client_cpu_pct', '-')}%, "
+        f"server CPU {r.get('server_cpu_pct', '-')}, "
+        f"cores busy {r.get('core_busy_pct', '-')}"
+    )
     log(f"  {name:13} {what:28} {key}={r.get(key)}  ({extra})")
 
 
@@ -407,7 +578,11 @@ def cpu_note(m: dict[str, Any]) -> str:
     sv = m.get("server_cpu_pct") or []
     s = "/".join(f"{x:.0f}" for x in sv) if sv else "-"
     cores = m.get("core_busy_pct") or []
-    k = f" core{SERVER_CPU}/{CLIENT_CPU} {cores[SERVER_CPU]:.0f}/{cores[CLIENT_CPU]:.0f}%" if len(cores) > 1 else ""
+    k = (
+        f" core{SERVER_CPU}/{CLIENT_CPU} {cores[SERVER_CPU]:.0f}/{cores[CLIENT_CPU]:.0f}%"
+        if len(cores) > 1
+        else ""
+    )
     client_core = cores[CLIENT_CPU] if len(cores) > 1 else cl
     server_core = cores[SERVER_CPU] if len(cores) > 1 else (min(sv) if sv else None)
     flag = ""
@@ -437,7 +612,10 @@ METRICS: list[tuple[str, str, str, bool]] = []  # (label, key, field, higher_is_
 
 
 def metrics(c: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
-    ms = [(f"fan-out {n:,} deliveries/s", f"fanout_{n}", "deliveries_per_s", True) for n in c["fanout_n"]]
+    ms = [
+        (f"fan-out {n:,} deliveries/s", f"fanout_{n}", "deliveries_per_s", True)
+        for n in c["fanout_n"]
+    ]
     ms += [(f"fan-out {n:,} p99 ms", f"fanout_{n}", "p99_ms", False) for n in c["fanout_n"]]
     ms += [
         (f"fixed-rate {c['fixed_n']:,} p99 ms", f"fixed_{c['fixed_n']}", "p99_ms", False),
@@ -464,56 +642,114 @@ def report(res: dict[str, Any], c: dict[str, Any], servers: list[str]) -> str:
             m = res[s].get(f"fanout_{n}")
             if m:
                 rows.append([s, f"{n:,}", *_fan_cells(m)])
-    out.append(table(f"Fan-out, highest sustainable rate ({IN_FLIGHT:,} deliveries / min 4 publishes in flight), median",
-                     ["server", "N", "deliveries/s", "p50 ms", "p99 ms", "CPU client/server"], rows))  # fmt: skip
+    out.append(
+        table(
+            f"Fan-out, highest sustainable rate "
+            f"({IN_FLIGHT:,} deliveries / min 4 publishes in flight), median",
+            ["server", "N", "deliveries/s", "p50 ms", "p99 ms", "CPU client/server"],
+            rows,
+        )
+    )
     rows = []
     for s in present:
         m = res[s].get(f"fixed_{c['fixed_n']}")
         if m:
             rows.append([s, f"{c['fixed_n']:,}", *_fan_cells(m)])
-    out.append(table(f"Fan-out at a fixed rate ({FIXED_DELIVERIES_PER_S:,} deliveries/s offered), median",
-                     ["server", "N", "deliveries/s", "p50 ms", "p99 ms", "CPU client/server"], rows))  # fmt: skip
+    out.append(
+        table(
+            f"Fan-out at a fixed rate ({FIXED_DELIVERIES_PER_S:,} deliveries/s offered), median",
+            ["server", "N", "deliveries/s", "p50 ms", "p99 ms", "CPU client/server"],
+            rows,
+        )
+    )
     rows = []
     for s in present:
         m = res[s].get("echo")
         if m and "error" not in m:
-            rows.append([s, fmt(m.get("round_trips_per_s")), fmt(m.get("p50_ms"), 2), fmt(m.get("p99_ms"), 2),
-                         cpu_note(m)])  # fmt: skip
+            rows.append(
+                [
+                    s,
+                    fmt(m.get("round_trips_per_s")),
+                    fmt(m.get("p50_ms"), 2),
+                    fmt(m.get("p99_ms"), 2),
+                    cpu_note(m),
+                ]
+            )
         elif m:
             rows.append([s, "ERROR " + str(m["error"])[:60], "", "", ""])
-    out.append(table("Echo, 100 clients, median", ["server", "round trips/s", "p50 ms", "p99 ms", "CPU client/server"], rows))
+    out.append(
+        table(
+            "Echo, 100 clients, median",
+            ["server", "round trips/s", "p50 ms", "p99 ms", "CPU client/server"],
+            rows,
+        )
+    )
     rows = []
     for s in present:
         m = res[s].get("idle")
         if m and "error" not in m:
-            rows.append([s, fmt(m.get("kib_per_conn"), 1), f"{fmt(m.get('alive'))}/{fmt(m.get('n'))}",
-                         f"{fmt(m.get('rss_before_mib'), 1)} -> {fmt(m.get('rss_after_mib'), 1)}"])  # fmt: skip
+            rows.append(
+                [
+                    s,
+                    fmt(m.get("kib_per_conn"), 1),
+                    f"{fmt(m.get('alive'))}/{fmt(m.get('n'))}",
+                    f"{fmt(m.get('rss_before_mib'), 1)} -> {fmt(m.get('rss_after_mib'), 1)}",
+                ]
+            )
         elif m:
             rows.append([s, "ERROR " + str(m["error"])[:60], "", ""])
-    out.append(table("Idle memory, server RSS growth per connection, median",
-                     ["server", "KiB/conn", "alive", "RSS MiB"], rows))  # fmt: skip
+    out.append(
+        table(
+            "Idle memory, server RSS growth per connection, median",
+            ["server", "KiB/conn", "alive", "RSS MiB"],
+            rows,
+        )
+    )
     rows = []
     for s in present:
         a, b = res[s].get("slow_0"), res[s].get("slow_1")
         if a and b and "error" not in a and "error" not in b:
             ra, rb = a.get("deliveries_per_s"), b.get("deliveries_per_s")
             ratio = rb / ra if ra and rb is not None else None
-            rows.append([s, fmt(ra), fmt(rb), fmt(ratio, 2), str(b.get("stalled_close_code") or "-"),
-                         cpu_note(b)])  # fmt: skip
-    out.append(table(f"Slow reader: N={c['slow_n']} fan-out, others' deliveries/s over the second half of "
-                     f"{c['slow_s']:.0f} s, without / with one member that stopped reading",
-                     ["server", "without", "with", "ratio", "close code", "CPU client/server"], rows))  # fmt: skip
+            rows.append(
+                [
+                    s,
+                    fmt(ra),
+                    fmt(rb),
+                    fmt(ratio, 2),
+                    str(b.get("stalled_close_code") or "-"),
+                    cpu_note(b),
+                ]
+            )
+    out.append(
+        table(
+            f"Slow reader: N={c['slow_n']} fan-out, others' deliveries/s over the second half of "
+            f"{c['slow_s']:.0f} s, without / with one member that stopped reading",
+            ["server", "without", "with", "ratio", "close code", "CPU client/server"],
+            rows,
+        )
+    )
     rows = []
     for key in [k for k in res.get("ours", {}) if k.startswith("redis_")]:
         m = res["ours"][key]
         n = key.split("_")[1]
         single = get(res, "ours", f"fanout_{n}", "deliveries_per_s")
         if "error" not in m:
-            rows.append(["ours, redis, 2 processes", n, fmt(m.get("deliveries_per_s")), fmt(m.get("p50_ms"), 2),
-                         fmt(m.get("p99_ms"), 2), cpu_note(m) + " (ours A / ours B / redis-server)"])  # fmt: skip
+            rows.append(
+                [
+                    "ours, redis, 2 processes",
+                    n,
+                    fmt(m.get("deliveries_per_s")),
+                    fmt(m.get("p50_ms"), 2),
+                    fmt(m.get("p99_ms"), 2),
+                    cpu_note(m) + " (ours A / ours B / redis-server)",
+                ]
+            )
             rows.append(["ours, memory, 1 process", n, fmt(single), "", "", ""])
     if rows:
-        out.append(table("Redis backend", ["setup", "N", "deliveries/s", "p50 ms", "p99 ms", "CPU"], rows))
+        out.append(
+            table("Redis backend", ["setup", "N", "deliveries/s", "p50 ms", "p99 ms", "CPU"], rows)
+        )
     # ratios
     base = "ours" if "ours" in present else (present[0] if present else None)
     peers = [s for s in present if s != base]
@@ -565,13 +801,18 @@ def targets(res: dict[str, Any], c: dict[str, Any]) -> str:
     check("echo p99 vs plain (<= 1.3x)", r, None if r is None else r <= 1.3)
     r = ratio("idle", "kib_per_conn", "plain")
     check("idle memory vs plain (<= 1.25x)", r, None if r is None else r <= 1.25)
-    a, b = get(res, "ours", "slow_0", "deliveries_per_s"), get(res, "ours", "slow_1", "deliveries_per_s")
+    a, b = (
+        get(res, "ours", "slow_0", "deliveries_per_s"),
+        get(res, "ours", "slow_1", "deliveries_per_s"),
+    )
     r = b / a if a and b is not None else None
     check("slow reader: rate with / without (>= 0.90)", r, None if r is None else r >= 0.9)
     return "\n".join(lines)
 
 
-def chart(res: dict[str, Any], c: dict[str, Any], servers: list[str], meta: dict[str, Any]) -> Path | None:
+def chart(
+    res: dict[str, Any], c: dict[str, Any], servers: list[str], meta: dict[str, Any]
+) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -581,18 +822,31 @@ def chart(res: dict[str, Any], c: dict[str, Any], servers: list[str], meta: dict
     if not present:
         return None
     ns = c["fanout_n"]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [len(ns) + 1, 1.4]})
+    fig, (ax, ax2) = plt.subplots(
+        1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [len(ns) + 1, 1.4]}
+    )
     width = 0.8 / len(present)
-    colors = {"ours": "#2a9d8f", "ours-eager": "#52b69a", "plain": "#264653", "plain-legacy": "#8ab17d", "socketio": "#e76f51",
-              "bun": "#e9c46a"}  # fmt: skip
+    colors = {
+        "ours": "#2a9d8f",
+        "ours-nogc": "#52b69a",
+        "plain": "#264653",
+        "plain-legacy": "#8ab17d",
+        "socketio": "#e76f51",
+        "bun": "#e9c46a",
+    }
     for i, s in enumerate(present):
         vals = [get(res, s, f"fanout_{n}", "deliveries_per_s") or 0 for n in ns]
         xs = [j + i * width for j in range(len(ns))]
         bars = ax.bar(xs, vals, width, label=s, color=colors.get(s))
         for b, v in zip(bars, vals, strict=True):
             if v:
-                ax.annotate(f"{v / 1000:,.0f}k", (b.get_x() + b.get_width() / 2, v), ha="center",
-                            va="bottom", fontsize=7)  # fmt: skip
+                ax.annotate(
+                    f"{v / 1000:,.0f}k",
+                    (b.get_x() + b.get_width() / 2, v),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
     ax.set_xticks([j + width * (len(present) - 1) / 2 for j in range(len(ns))])
     ax.set_xticklabels([f"{n:,} receivers" for n in ns])
     ax.set_yscale("log")
@@ -627,7 +881,15 @@ def machine(quick: bool, bun_version: str | None) -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for pkg in ["uvicorn", "websockets", "fastapi", "starlette", "python-socketio", "python-engineio", "uvloop"]:
+    for pkg in [
+        "uvicorn",
+        "websockets",
+        "fastapi",
+        "starlette",
+        "python-socketio",
+        "python-engineio",
+        "uvloop",
+    ]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[pkg] = metadata.version(pkg)
     if bun_version:
@@ -647,28 +909,43 @@ def machine(quick: bool, bun_version: str | None) -> dict[str, Any]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="one run each, N=100/1,000; about a minute")
-    p.add_argument("--only", default=",".join(ALL_WORKLOADS), help="comma-separated: " + ",".join(ALL_WORKLOADS))
-    p.add_argument("--servers", default="", help="comma-separated: " + ",".join(ALL_SERVERS)
-                   + " (default: all; --quick leaves out plain-legacy)")
+    p.add_argument(
+        "--only",
+        default=",".join(ALL_WORKLOADS),
+        help="comma-separated: " + ",".join(ALL_WORKLOADS),
+    )
+    p.add_argument(
+        "--servers",
+        default="",
+        help="comma-separated: "
+        + ",".join(ALL_SERVERS)
+        + " (default: all; --quick leaves out plain-legacy)",
+    )
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     p.add_argument("--fanout-n", default="", help="override the receiver counts, e.g. 1000,5000")
-    p.add_argument("--no-chart", action="store_true", help="do not overwrite bench/results/fanout.png")
+    p.add_argument(
+        "--no-chart", action="store_true", help="do not overwrite bench/results/fanout.png"
+    )
     a = p.parse_args()
     workloads = [w for w in a.only.split(",") if w]
     servers = [s for s in a.servers.split(",") if s]
     if not servers:
         servers = [s for s in ALL_SERVERS if not (a.quick and s == "plain-legacy")]
         if a.quick:
-            log("NOTE: --quick leaves out plain-legacy and runs the slow-reader case for ours and plain only")
+            log(
+                "NOTE: --quick leaves out plain-legacy and runs the slow-reader case "
+                "for ours and plain only"
+            )
     for w in workloads:
         if w not in ALL_WORKLOADS:
             p.error(f"unknown workload {w}")
     for s in servers:
-        if s not in ALL_SERVERS:
-            if s not in SPECS:
-                p.error(f"unknown server {s}")
+        if s not in ALL_SERVERS and s not in SPECS:
+            p.error(f"unknown server {s}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     c = cfg(a.quick)
     if a.fanout_n:
@@ -691,7 +968,9 @@ def main() -> None:
             servers.remove("bun")
     for name in [s for s in servers if s.startswith("ours")]:
         module = SPECS[name]["app"].split(":")[0]
-        chk = subprocess.run([PY, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True)
+        chk = subprocess.run(
+            [PY, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True
+        )
         if chk.returncode != 0:
             err = (chk.stderr.strip().splitlines() or ["?"])[-1]
             notes.append(f"{name}: skipped, {module} does not import yet ({err})")
@@ -699,11 +978,24 @@ def main() -> None:
             servers.remove(name)
 
     meta = machine(a.quick, bun_version)
-    log(f"machine: {meta['cpu']}, {meta['cores']} cores, Linux {meta['kernel']}, Python {meta['python']}")
+    log(
+        f"machine: {meta['cpu']}, {meta['cores']} cores, "
+        f"Linux {meta['kernel']}, Python {meta['python']}"
+    )
     log(f"versions: {meta['versions']}")
-    log(f"uvicorn: {' '.join(UVICORN_FLAGS)}; --ws websockets-sansio (plain-legacy: --ws websockets)")
-    log(f"pinning: server -> core {SERVER_CPU}, load client -> core {CLIENT_CPU}" if meta["pinning"] else "pinning: off")
-    log(f"mode: {'quick (1 run)' if a.quick else 'full (median of 3)'}; servers {servers}; workloads {workloads}")
+    log(
+        f"uvicorn: {' '.join(UVICORN_FLAGS)}; "
+        "--ws websockets-sansio (plain-legacy: --ws websockets)"
+    )
+    log(
+        f"pinning: server -> core {SERVER_CPU}, load client -> core {CLIENT_CPU}"
+        if meta["pinning"]
+        else "pinning: off"
+    )
+    log(
+        f"mode: {'quick (1 run)' if a.quick else 'full (median of 3)'}; "
+        f"servers {servers}; workloads {workloads}"
+    )
 
     res: dict[str, Any] = {}
     t0 = time.monotonic()
@@ -728,17 +1020,35 @@ def main() -> None:
     probes = {}
     for s in list(res):
         probes[s] = res[s].pop("_probe", "not probed")
-    client_exts = sorted({e for s in res.values() for m in s.values() if isinstance(m, dict)
-                          for e in m.get("extensions", [])})  # fmt: skip
+    client_exts = sorted(
+        {
+            e
+            for s in res.values()
+            for m in s.values()
+            if isinstance(m, dict)
+            for e in m.get("extensions", [])
+        }
+    )
 
     text = report(res, c, servers) + "\n" + targets(res, c)
-    text += f"\n\nNegotiated extensions, bench client (offers none): {', '.join(client_exts) or 'none'}"
-    text += "\nNegotiated extensions when a client offers permessage-deflate (websockets client probe): "
+    text += (
+        f"\n\nNegotiated extensions, bench client (offers none): {', '.join(client_exts) or 'none'}"
+    )
+    text += (
+        "\nNegotiated extensions when a client offers permessage-deflate "
+        "(websockets client probe): "
+    )
     text += ", ".join(f"{s}={v}" for s, v in probes.items())
-    text += "\nCPU column: c = load client process, s = server process(es), % of one core over the measured window;"
-    text += f"\n  core{SERVER_CPU}/{CLIENT_CPU} = whole-core busy % (includes loopback softirq time no process is charged for)."
-    text += "\nSATURATED-CLIENT: core 1 >= 90 % busy while core 0 < 95 %: the figure measures the client;"
-    text += "\nCONTENDED-0?/-1?: core 0 (1) was much busier than the server (client) process: other load ran there."
+    text += (
+        "\nCPU column: c = load client process, s = server process(es), "
+        "% of one core over the measured window;"
+        f"\n  core{SERVER_CPU}/{CLIENT_CPU} = whole-core busy % "
+        "(includes loopback softirq time no process is charged for)."
+        "\nSATURATED-CLIENT: core 1 >= 90 % busy while core 0 < 95 %: "
+        "the figure measures the client;"
+        "\nCONTENDED-0?/-1?: core 0 (1) was much busier than the server (client) process: "
+        "other load ran there."
+    )
     for n in notes:
         text += f"\nNOTE: {n}"
     text += f"\n\nwall time {time.monotonic() - t0:.0f} s"
@@ -746,8 +1056,16 @@ def main() -> None:
     meta["notes"] = notes
     meta["probe_extensions"] = probes
     meta["client_extensions"] = client_exts
-    Path(a.out).write_text(json.dumps({"meta": meta, "config": {k: (sorted(v) if isinstance(v, set) else v)
-                                       for k, v in c.items()}, "results": res}, indent=1))  # fmt: skip
+    Path(a.out).write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "config": {k: (sorted(v) if isinstance(v, set) else v) for k, v in c.items()},
+                "results": res,
+            },
+            indent=1,
+        )
+    )
     path = None if a.no_chart else chart(res, c, servers, meta)
     log(f"wrote {a.out}" + (f" and {path}" if path else ""))
 

@@ -1,7 +1,8 @@
 """DIAGNOSTIC, not a benchmark column: ``ours`` with the cyclic GC disabled.
 
-Used to show that ours' stalls at 5,000 receivers are full (generation 2) collections:
-every parked writer holds a fresh future that survives young collections.
+Run it only by name (``--servers ours,ours-nogc``) to see how much of a fan-out figure
+goes to cyclic garbage collection: if ``ours-nogc`` is not faster than ``ours``, the GC
+is not where the time goes.
 """
 
 from __future__ import annotations
