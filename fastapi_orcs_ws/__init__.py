@@ -1,5 +1,6 @@
 """Real-time WebSocket event routes for FastAPI: named events, rooms, broadcasting, JWT auth."""
 
+from .asyncapi import asyncapi_document, mount_docs
 from .auth import (
     Authenticator,
     AuthOptions,
@@ -48,8 +49,10 @@ __all__ = [
     "WebSocketRouter",
     "WebSocketSettings",
     "__version__",
+    "asyncapi_document",
     "current_user",
     "get_manager",
+    "mount_docs",
     "optional_user",
     "run",
     "uvicorn_settings",

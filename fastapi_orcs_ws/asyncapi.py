@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, get_type_hints
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -34,7 +34,7 @@ from .errors import ConfigurationError
 from .protocol import ErrorCode
 from .routing import LIFECYCLE_EVENTS, EventRoute, event_routes_of
 
-__all__ = ["asyncapi_document", "mount_docs", "render_page"]
+__all__ = ["add_docs_routes", "add_openapi_link", "asyncapi_document", "mount_docs", "render_page"]
 
 ASYNCAPI_VERSION = "3.0.0"
 SCHEMA_REF = "#/components/schemas/{model}"
@@ -466,36 +466,69 @@ def mount_docs(
         mount_docs(app)  # /asyncapi.json and /ws-docs
         ```
     """
-    cache: dict[str, Any] = {}
+    add_docs_routes(app, asyncapi_url=asyncapi_url, docs_url=docs_url)
+    if link_from_openapi and (docs_url or asyncapi_url):
+        add_openapi_link(app, docs_url, asyncapi_url)
 
-    def document() -> dict[str, Any]:
-        if "document" not in cache:
-            cache["document"] = asyncapi_document(app)
-        return cache["document"]  # type: ignore[no-any-return]
 
+def add_docs_routes(
+    target: FastAPI | APIRouter,
+    *,
+    asyncapi_url: str | None = "/asyncapi.json",
+    docs_url: str | None = "/ws-docs",
+) -> dict[str, Callable[..., Any]]:
+    """Add the two GET routes to an app or a router; they describe the app serving them.
+
+    Returns their endpoints, by ``"asyncapi"`` and ``"docs"``.
+
+    :class:`~fastapi_orcs_ws.WebSocketRouter` calls this for itself, so the docs come
+    with the router; :func:`mount_docs` calls it on an app.
+    """
+    endpoints: dict[str, Callable[..., Any]] = {}
     if asyncapi_url is not None:
 
-        async def asyncapi_json() -> JSONResponse:
-            return JSONResponse(document())
+        async def asyncapi_json(request: Request) -> JSONResponse:
+            return JSONResponse(_document_of(request.app))
 
-        app.add_api_route(asyncapi_url, asyncapi_json, methods=["GET"], include_in_schema=False)
+        target.add_api_route(asyncapi_url, asyncapi_json, methods=["GET"], include_in_schema=False)
+        endpoints["asyncapi"] = asyncapi_json
 
     if docs_url is not None:
 
-        async def ws_docs() -> HTMLResponse:
-            if "page" not in cache:
-                cache["page"] = render_page(
-                    document(), asyncapi_url=asyncapi_url, docs_url=docs_url
+        async def ws_docs(request: Request) -> HTMLResponse:
+            cache = _cache_of(request.app)
+            key = f"page {asyncapi_url} {docs_url}"
+            if key not in cache:
+                page = render_page(
+                    _document_of(request.app), asyncapi_url=asyncapi_url, docs_url=docs_url
                 )
-            return HTMLResponse(cache["page"])
+                cache[key] = page
+            return HTMLResponse(cache[key])
 
-        app.add_api_route(docs_url, ws_docs, methods=["GET"], include_in_schema=False)
+        target.add_api_route(docs_url, ws_docs, methods=["GET"], include_in_schema=False)
+        endpoints["docs"] = ws_docs
+    return endpoints
 
-    if link_from_openapi and (docs_url or asyncapi_url):
-        _link_from_openapi(app, docs_url, asyncapi_url)
+
+def _cache_of(app: Any) -> dict[str, Any]:
+    # Built on the first request (so routes added after the router are listed), then kept.
+    state = app.state
+    cache: dict[str, Any] | None = getattr(state, "fastapi_orcs_ws_docs", None)
+    if cache is None:
+        cache = {}
+        state.fastapi_orcs_ws_docs = cache
+    return cache
 
 
-def _link_from_openapi(app: FastAPI, docs_url: str | None, asyncapi_url: str | None) -> None:
+def _document_of(app: Any) -> dict[str, Any]:
+    cache = _cache_of(app)
+    if "document" not in cache:
+        cache["document"] = asyncapi_document(app)
+    return cache["document"]  # type: ignore[no-any-return]
+
+
+def add_openapi_link(app: FastAPI, docs_url: str | None, asyncapi_url: str | None) -> None:
+    """Add links to the event docs to the app's description (so FastAPI's ``/docs`` shows them)."""
     root = app.root_path.rstrip("/")
     links = []
     if docs_url is not None:

@@ -313,7 +313,9 @@ class WebSocketRouter(APIRouter):
     """An ``APIRouter`` that also serves WebSocket event routes.
 
     It keeps everything an ``APIRouter`` does (HTTP routes, prefixes, dependencies,
-    ``include_router``), and its lifespan starts and stops the manager.
+    ``include_router``), and its lifespan starts and stops the manager. It also serves
+    the generated event docs: the AsyncAPI document at ``asyncapi_url`` and a browsable
+    page at ``docs_url`` (``None`` turns either off), linked from FastAPI's ``/docs``.
 
     Example:
         ```python
@@ -334,6 +336,8 @@ class WebSocketRouter(APIRouter):
         manager: WebSocketManager | None = None,
         settings: WebSocketSettings | None = None,
         auth: AuthOptions | Mapping[str, Any] | bool | None = None,
+        asyncapi_url: str | None = "/asyncapi.json",
+        docs_url: str | None = "/ws-docs",
         lifespan: Lifespan[Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -350,6 +354,15 @@ class WebSocketRouter(APIRouter):
         async def run_manager(app: Any) -> AsyncIterator[Any]:
             app.state.fastapi_orcs_ws_manager = self.manager
             app.state.fastapi_orcs_ws_authenticator = self.authenticator
+            if docs_endpoints:
+                # Only the app knows the prefix it included this router under.
+                add_openapi_link(
+                    app,
+                    path_of(app, docs_endpoints["docs"]) if "docs" in docs_endpoints else None,
+                    path_of(app, docs_endpoints["asyncapi"])
+                    if "asyncapi" in docs_endpoints
+                    else None,
+                )
             await self.manager.start()
             try:
                 if user_lifespan is None:
@@ -361,6 +374,10 @@ class WebSocketRouter(APIRouter):
                 await self.manager.stop()
 
         super().__init__(lifespan=run_manager, **kwargs)
+        # The event docs travel with the router (lazy import: asyncapi reads this module).
+        from .asyncapi import add_docs_routes, add_openapi_link
+
+        docs_endpoints = add_docs_routes(self, asyncapi_url=asyncapi_url, docs_url=docs_url)
 
     def ws(
         self,
@@ -406,23 +423,35 @@ class WebSocketRouter(APIRouter):
         return route
 
 
-def event_routes_of(app: Any) -> list[tuple[str, EventRoute]]:
-    """Every event route mounted in ``app``, with its full path (prefixes included)."""
+def _mounted_routes(app: Any) -> list[tuple[str, Any]]:
+    """Every route of ``app`` with its full path, included routers' prefixes applied."""
     routes = getattr(app, "routes", [])
     # FastAPI >= 0.16x mounts included routers instead of copying their routes; its public
     # iter_route_contexts walks them with their effective (prefixed) paths.
     iter_contexts = getattr(fastapi.routing, "iter_route_contexts", None)
-    pairs: list[tuple[Any, Any]]
     if iter_contexts is not None:
         pairs = [(ctx.path, ctx.original_route) for ctx in iter_contexts(routes)]
     else:
         pairs = [(getattr(route, "path", None), route) for route in routes]
+    return [(path, route) for path, route in pairs if isinstance(path, str)]
+
+
+def event_routes_of(app: Any) -> list[tuple[str, EventRoute]]:
+    """Every event route mounted in ``app``, with its full path (prefixes included)."""
     found = []
-    for path, route in pairs:
+    for path, route in _mounted_routes(app):
         event_route = getattr(getattr(route, "endpoint", None), "__orcs_route__", None)
-        if isinstance(event_route, EventRoute) and isinstance(path, str):
+        if isinstance(event_route, EventRoute):
             found.append((path, event_route))
     return found
+
+
+def path_of(app: Any, endpoint: Callable[..., Any]) -> str | None:
+    """The full path at which ``endpoint`` is mounted in ``app``, if it is."""
+    for path, route in _mounted_routes(app):
+        if getattr(route, "endpoint", None) is endpoint:
+            return path
+    return None
 
 
 def get_manager(conn: HTTPConnection) -> WebSocketManager:

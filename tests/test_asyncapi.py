@@ -126,7 +126,12 @@ class Note(BaseModel):
 
 
 def make_app(*, auth: Any = None, settings: WebSocketSettings | None = None) -> FastAPI:
-    router = WebSocketRouter(settings=settings or WebSocketSettings(jwt_secret="s" * 32))
+    # The router's own docs routes are off here: these tests drive mount_docs() on the app.
+    router = WebSocketRouter(
+        settings=settings or WebSocketSettings(jwt_secret="s" * 32),
+        asyncapi_url=None,
+        docs_url=None,
+    )
     room = router.ws("/rooms/{name}", auth=auth, emits={"note": Note})
 
     @room.on("note")
@@ -221,14 +226,18 @@ def test_document_is_built_once() -> None:
     mount_docs(app)
     with TestClient(app) as client:
         first = client.get("/asyncapi.json").json()
-        late = WebSocketRouter(settings=WebSocketSettings(auth_enabled=False))
+        late = WebSocketRouter(
+            settings=WebSocketSettings(auth_enabled=False), asyncapi_url=None, docs_url=None
+        )
         late.ws("/late")
         app.include_router(late)  # a rebuild would list it
         assert client.get("/asyncapi.json").json() == first
 
 
 def test_script_cannot_be_closed_by_a_description() -> None:
-    router = WebSocketRouter(settings=WebSocketSettings(auth_enabled=False))
+    router = WebSocketRouter(
+        settings=WebSocketSettings(auth_enabled=False), asyncapi_url=None, docs_url=None
+    )
     router.ws("/ws", description="</script><script>alert(1)</script>")
     app = FastAPI()
     app.include_router(router)
@@ -236,3 +245,26 @@ def test_script_cannot_be_closed_by_a_description() -> None:
     with TestClient(app) as client:
         page = client.get("/ws-docs").text
     assert "</script><script>alert(1)" not in page
+
+
+def test_router_serves_its_docs_by_default_under_its_prefix() -> None:
+    router = WebSocketRouter(settings=WebSocketSettings(auth_enabled=False))
+    router.ws("/ws", emits={"note": Note})
+    app = FastAPI()
+    app.include_router(router, prefix="/rt")
+    with TestClient(app) as client:
+        doc = client.get("/rt/asyncapi.json").json()
+        assert [c["address"] for c in doc["channels"].values()] == ["/rt/ws"]
+        assert client.get("/rt/ws-docs").status_code == 200
+        description = client.get("/openapi.json").json()["info"]["description"]
+        assert "(/rt/ws-docs)" in description
+
+    quiet = WebSocketRouter(
+        settings=WebSocketSettings(auth_enabled=False), asyncapi_url=None, docs_url=None
+    )
+    quiet.ws("/ws")
+    app = FastAPI()
+    app.include_router(quiet)
+    with TestClient(app) as client:
+        assert client.get("/asyncapi.json").status_code == 404
+        assert client.get("/ws-docs").status_code == 404

@@ -151,7 +151,3 @@ async def stats(manager: WebSocketManager = Depends(get_manager)) -> Stats:
     """Connections, rooms and average room size (the spec's ``getStats()``)."""
     return await manager.get_stats()
 
-
-from fastapi_orcs_ws.asyncapi import mount_docs  # noqa: E402
-
-mount_docs(app)
