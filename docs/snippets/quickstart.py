@@ -4,7 +4,6 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from fastapi_orcs_ws import Connection, WebSocketRouter
-from fastapi_orcs_ws.asyncapi import mount_docs
 
 router = WebSocketRouter()
 chat = router.ws("/ws/chat")
@@ -30,5 +29,4 @@ async def message(ws: Connection, payload: ChatMessage) -> None:
 
 
 app = FastAPI()
-app.include_router(router)
-mount_docs(app)  # /ws-docs and /asyncapi.json
+app.include_router(router)  # also serves the event docs at /ws-docs and /asyncapi.json
