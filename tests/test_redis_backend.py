@@ -176,12 +176,12 @@ async def test_join_and_leave_for_a_client_on_another_node(nodes: list[WebSocket
     assert not await a.join_room("nobody", "blue")
     assert await b.get_client_rooms("b1") == {"blue"}
     # The owner learns of the join: a broadcast from the owner itself reaches b1.
-    await eventually(lambda: "b1" in backend(b)._local_rooms.get("blue", set()), what="owner view")
+    await eventually(lambda: "b1" in backend(b)._index.rooms.get("blue", {}), what="owner view")
     await b.broadcast_to_room("blue", "hello")
     await eventually(lambda: len(b1.events("hello")) == 1, what="frame after remote join")
     assert await a.leave_room("b1", "blue")
     assert not await a.leave_room("b1", "blue")
-    await eventually(lambda: "blue" not in backend(b)._local_rooms, what="owner view after leave")
+    await eventually(lambda: "blue" not in backend(b)._index.rooms, what="owner view after leave")
     assert await b.get_client_rooms("b1") == set()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from .base import Backend, BackendStats, Node
+from .rooms import RoomIndex
 
 __all__ = ["MemoryBackend"]
 
@@ -16,16 +17,13 @@ class MemoryBackend(Backend):
 
     def __init__(self) -> None:
         self._node: Node | None = None
-        # Rooms are insertion-ordered dicts: a broadcast reaches members in join order.
-        self._rooms: dict[str, dict[str, None]] = {}
-        self._client_rooms: dict[str, set[str]] = {}
+        self._index = RoomIndex()
 
     async def start(self, node: Node) -> None:
         self._node = node
 
     async def stop(self) -> None:
-        self._rooms.clear()
-        self._client_rooms.clear()
+        self._index.clear()
 
     @property
     def node(self) -> Node:
@@ -34,56 +32,39 @@ class MemoryBackend(Backend):
         return self._node
 
     async def add_client(self, client_id: str, info: Mapping[str, str] | None = None) -> None:
-        self._client_rooms.setdefault(client_id, set())
+        self._index.add_client(client_id)
 
     async def remove_client(self, client_id: str) -> None:
-        for room in self._client_rooms.pop(client_id, ()):
-            self._discard(room, client_id)
+        self._index.remove_client(client_id)
 
     async def join(self, client_id: str, room: str) -> bool:
-        rooms = self._client_rooms.get(client_id)
-        if rooms is None:
-            return False
-        rooms.add(room)
-        self._rooms.setdefault(room, {})[client_id] = None
-        return True
+        return self._index.join(client_id, room)
 
     async def leave(self, client_id: str, room: str) -> bool:
-        rooms = self._client_rooms.get(client_id)
-        if rooms is None or room not in rooms:
-            return False
-        rooms.discard(room)
-        self._discard(room, client_id)
-        return True
-
-    def _discard(self, room: str, client_id: str) -> None:
-        members = self._rooms.get(room)
-        if members is not None:
-            members.pop(client_id, None)
-            if not members:
-                del self._rooms[room]
+        return self._index.leave(client_id, room)
 
     async def room_clients(self, room: str) -> set[str]:
-        return set(self._rooms.get(room, ()))
+        return set(self._index.members(room) or ())
 
     async def client_rooms(self, client_id: str) -> set[str]:
-        return set(self._client_rooms.get(client_id, ()))
+        return set(self._index.client_rooms.get(client_id, ()))
 
     async def has_client(self, client_id: str) -> bool:
-        return client_id in self._client_rooms
+        return client_id in self._index.client_rooms
 
     async def stats(self) -> BackendStats:
+        index = self._index
         return BackendStats(
-            connections=len(self._client_rooms),
-            rooms=len(self._rooms),
-            memberships=sum(len(m) for m in self._rooms.values()),
+            connections=len(index.client_rooms),
+            rooms=len(index.rooms),
+            memberships=index.memberships(),
         )
 
     async def publish_all(self, frame: str, exclude: Collection[str]) -> int:
         return self.node.deliver_local(frame, None, exclude)
 
     async def publish_room(self, room: str, frame: str, exclude: Collection[str]) -> int:
-        members = self._rooms.get(room)
+        members = self._index.members(room)
         if not members:
             return 0
         return self.node.deliver_local(frame, members, exclude)

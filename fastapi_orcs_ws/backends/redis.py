@@ -56,6 +56,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import BackendError, ConfigurationError
 from .base import Backend, BackendStats, Node
+from .rooms import RoomIndex
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -264,9 +265,8 @@ class RedisBackend(Backend):
         self._spawned: set[asyncio.Task[Any]] = set()
         # This node's clients and their rooms: the truth for local delivery, and what
         # is written back to Redis after an outage.
-        self._local: dict[str, set[str]] = {}
+        self._index = RoomIndex()
         self._info: dict[str, str] = {}  # client -> JSON info, kept for reaping and re-sync
-        self._local_rooms: dict[str, set[str]] = {}
         self._mutations = 0
         self._dirty = True
         self._wake = asyncio.Event()
@@ -333,8 +333,7 @@ class RedisBackend(Backend):
                 logger.warning("could not remove node %s from Redis: %s", self.node_id, exc)
             await self._redis.aclose()
             self._redis = None
-        self._local.clear()
-        self._local_rooms.clear()
+        self._index.clear()
 
     @property
     def node(self) -> Node:
@@ -345,7 +344,7 @@ class RedisBackend(Backend):
     # -- membership ---------------------------------------------------------------------
 
     async def add_client(self, client_id: str, info: Mapping[str, str] | None = None) -> None:
-        self._local.setdefault(client_id, set())
+        self._index.add_client(client_id)
         encoded = json.dumps(dict(info)) if info else ""
         if encoded:
             self._info[client_id] = encoded
@@ -354,16 +353,12 @@ class RedisBackend(Backend):
 
     async def remove_client(self, client_id: str) -> None:
         self._info.pop(client_id, None)
-        for room in self._local.pop(client_id, ()):
-            self._local_discard(room, client_id)
+        self._index.remove_client(client_id)
         self._mutations += 1
         await self._write("remove", client_id)
 
     async def join(self, client_id: str, room: str) -> bool:
-        rooms = self._local.get(client_id)
-        if rooms is not None:
-            rooms.add(room)
-            self._local_rooms.setdefault(room, set()).add(client_id)
+        if self._index.join(client_id, room):
             self._mutations += 1
             await self._write("join", client_id, room, self.node_id, "1", "")
             return True
@@ -372,24 +367,14 @@ class RedisBackend(Backend):
         return owner is not None
 
     async def leave(self, client_id: str, room: str) -> bool:
-        rooms = self._local.get(client_id)
-        if rooms is not None:
-            if room not in rooms:
+        if client_id in self._index.client_rooms:
+            if not self._index.leave(client_id, room):
                 return False
-            rooms.discard(room)
-            self._local_discard(room, client_id)
             self._mutations += 1
             await self._write("leave", client_id, room, self.node_id, "")
             return True
         command = self._message("leave", c=client_id, r=room)
         return bool(await self._run("leave", client_id, room, self.node_id, command))
-
-    def _local_discard(self, room: str, client_id: str) -> None:
-        members = self._local_rooms.get(room)
-        if members is not None:
-            members.discard(client_id)
-            if not members:
-                del self._local_rooms[room]
 
     async def room_clients(self, room: str) -> set[str]:
         key = self.prefix + "members:" + room
@@ -400,7 +385,7 @@ class RedisBackend(Backend):
         return {str(m) for m in await self._call(lambda r: r.smembers(key))}
 
     async def has_client(self, client_id: str) -> bool:
-        if client_id in self._local:
+        if client_id in self._index.client_rooms:
             return True
         return bool(await self._call(lambda r: r.hexists(self.prefix + "owner", client_id)))
 
@@ -419,9 +404,9 @@ class RedisBackend(Backend):
             # Redis is away: say so, and describe this process only.
             details["scope"] = "local"
             return BackendStats(
-                connections=len(self._local),
-                rooms=len(self._local_rooms),
-                memberships=sum(len(m) for m in self._local_rooms.values()),
+                connections=len(self._index.client_rooms),
+                rooms=len(self._index.rooms),
+                memberships=self._index.memberships(),
                 healthy=False,
                 details=details,
             )
@@ -445,7 +430,7 @@ class RedisBackend(Backend):
 
     async def publish_room(self, room: str, frame: str, exclude: Collection[str]) -> int:
         self._check_size(frame)
-        members = self._local_rooms.get(room)
+        members = self._index.members(room)
         local = self.node.deliver_local(frame, members, exclude) if members else 0
         message = self._message("room", frame, r=room, x=list(exclude))
         total = await self._publish("publish_room", room, self.node_id, message, *exclude)
@@ -453,13 +438,13 @@ class RedisBackend(Backend):
 
     async def publish_client(self, client_id: str, frame: str) -> bool:
         self._check_size(frame)
-        if client_id in self._local:
+        if client_id in self._index.client_rooms:
             return self.node.deliver_local(frame, (client_id,), ()) == 1
         message = self._message("client", frame, c=client_id)
         return bool(await self._publish("send", client_id, self.node_id, message) == 1)
 
     async def disconnect_client(self, client_id: str, code: int, reason: str) -> bool:
-        if client_id in self._local:
+        if client_id in self._index.client_rooms:
             return await self.node.close_local(client_id, code, reason)
         message = self._message("close", c=client_id, code=code, reason=reason)
         return bool(await self._run("send", client_id, self.node_id, message) == 1)
@@ -551,8 +536,8 @@ class RedisBackend(Backend):
     async def _sync(self) -> None:
         before = self._mutations
         self._dirty = False
-        view = {cid: sorted(rooms) for cid, rooms in self._local.items()}
-        infos = {cid: self._info[cid] for cid in self._local if cid in self._info}
+        view = {cid: sorted(rooms) for cid, rooms in self._index.client_rooms.items()}
+        infos = {cid: info for cid, info in self._info.items() if cid in view}
         await self._run(
             "sync",
             self.node_id,
@@ -671,7 +656,7 @@ class RedisBackend(Backend):
             return
         node = self.node
         if kind == "room":
-            members = self._local_rooms.get(head["r"])
+            members = self._index.members(head["r"])
             if members:
                 node.deliver_local(frame, members, frozenset(head.get("x", ())))
         elif kind == "all":
@@ -682,16 +667,13 @@ class RedisBackend(Backend):
             self._spawn(node.close_local(head["c"], int(head["code"]), str(head["reason"])))
         elif kind in ("join", "leave"):
             client_id, room = head["c"], head["r"]
-            rooms = self._local.get(client_id)
-            if rooms is None:
-                return
-            self._mutations += 1
+            index = self._index
             if kind == "join":
-                rooms.add(room)
-                self._local_rooms.setdefault(room, set()).add(client_id)
+                changed = index.join(client_id, room)
             else:
-                rooms.discard(room)
-                self._local_discard(room, client_id)
+                changed = index.leave(client_id, room)
+            if changed:
+                self._mutations += 1
         else:
             logger.warning("dropped an inter-node message of kind %r", kind)
 
