@@ -1,4 +1,7 @@
-"""Shared by the Redis tests: a private redis-server on a free port, and polling helpers."""
+"""Shared by the Redis tests: a private redis-server on a free port, and polling helpers.
+
+The ``redis_server`` fixture (tests/conftest.py) runs one for a test.
+"""
 
 from __future__ import annotations
 
@@ -77,6 +80,13 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 async def eventually(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import Mapping
@@ -13,8 +10,6 @@ from types import SimpleNamespace
 from typing import Annotated, Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 from jose import jwt as jose_jwt
@@ -33,6 +28,8 @@ from fastapi_orcs_ws.auth import (
 )
 from fastapi_orcs_ws.errors import AuthenticationError, ConfigurationError
 from fastapi_orcs_ws.settings import WebSocketSettings
+
+from .tokens import b64, hand_made, rsa_key_pair
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
 GENERIC_MESSAGES = {"invalid token", "token expired"}
@@ -54,19 +51,6 @@ def make_token(
         body["exp"] = int(time.time() + exp_in)
     body.update(claims or {})
     return str(jose_jwt.encode(body, key, algorithm=algorithm, headers=dict(headers or {})))
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def hand_made(header: Mapping[str, Any], claims: Mapping[str, Any], key: bytes | None) -> str:
-    """Build a JWS by hand (for headers and keys python-jose would refuse to produce)."""
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-    if key is None:
-        return signing_input + "."
-    sig = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(sig)}"
 
 
 def ws_conn(
@@ -99,20 +83,7 @@ def refused(exc: pytest.ExceptionInfo[AuthenticationError], token: str) -> bool:
 
 @pytest.fixture(scope="module")
 def rsa_keys() -> tuple[str, str, bytes]:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public = private.public_key()
-    public_pem = public.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-    public_der = public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private_pem, public_pem, public_der
+    return rsa_key_pair()
 
 
 # -- token transports --------------------------------------------------------------------------

@@ -15,27 +15,15 @@ functions (it never meets anyio's event loop); without Chromium these tests are 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from .browser import TIMEOUT_MS, page_opener, playwright_sync_api
 from .test_notifications_example import example, server, token  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 10_000  # upper bound for every Playwright wait
 
 SPEC_URL = "ws://localhost:42069/ws/private"
 SPEC_TOKEN = "YOUR_JWT_TOKEN"
@@ -84,10 +72,7 @@ ws.onclose = (event) => {
 # Runs code and returns the error it throws, or null.
 CATCH = "() => { try { %s; return null; } catch (e) { return String(e); } }"
 
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} is not installed (apt install chromium)", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+playwright_sync_api()  # skips this module without Chromium or Playwright
 
 from fastapi import FastAPI  # noqa: E402
 
@@ -95,32 +80,13 @@ from fastapi_orcs_ws import WebSocketRouter, WebSocketSettings  # noqa: E402
 from fastapi_orcs_ws.testing import LiveServer, serve  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 @pytest.fixture
 def page(browser: Any, server: LiveServer) -> Iterator[Any]:  # noqa: F811 - the fixture
     """A page on the example's own origin; any uncaught JavaScript error fails the test."""
-    context = browser.new_context()
-    context.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page = context.new_page()
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{server.http_url}/openapi.json")
-    try:
+    with page_opener(browser) as open_page:
+        page = open_page()
+        page.goto(f"{server.http_url}/openapi.json")
         yield page
-    finally:
-        context.close()
-    assert not errors, f"uncaught JavaScript errors: {errors}"
 
 
 def run_spec_code(page: Any, snippet: str, url: str, jwt: str) -> None:

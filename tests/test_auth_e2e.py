@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -25,8 +23,6 @@ from typing import Annotated, Any
 import anyio
 import anyio.lowlevel
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import Depends, FastAPI
 from jose import jwt as jose_jwt
 from websockets.asyncio.client import ClientConnection
@@ -36,6 +32,7 @@ from fastapi_orcs_ws import Connection, WebSocketRouter, WebSocketSettings
 from fastapi_orcs_ws.auth import AuthOptions, User, current_user, optional_user
 from fastapi_orcs_ws.testing import LiveServer, mint_token, serve
 
+from .tokens import b64, hand_made, rsa_key_pair
 from .wsclient import client, expect, send
 
 SECRET = "e2e-auth-secret-0123456789-abcdefghijklmnop"
@@ -46,31 +43,7 @@ UNAUTHORIZED = (4401, "Unauthorized")
 
 # -- keys and tokens --------------------------------------------------------------------------
 
-_private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-RSA_PRIVATE_PEM = _private.private_bytes(
-    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-).decode()
-RSA_PUBLIC_PEM = (
-    _private.public_key()
-    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    .decode()
-)
-RSA_PUBLIC_DER = _private.public_key().public_bytes(
-    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-)
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def hand_made(header: Mapping[str, Any], claims: Mapping[str, Any], key: bytes | None) -> str:
-    """A JWS signed with HMAC-SHA256 by hand (python-jose refuses to produce these)."""
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
-    if key is None:
-        return signing_input + "."
-    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(signature)}"
+RSA_PRIVATE_PEM, RSA_PUBLIC_PEM, RSA_PUBLIC_DER = rsa_key_pair()
 
 
 def claims(**extra: Any) -> dict[str, Any]:

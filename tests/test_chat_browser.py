@@ -10,7 +10,6 @@ The sync API is used from plain test functions so it never meets anyio's event l
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,20 +17,11 @@ from typing import Any
 
 import pytest
 
+from .browser import TIMEOUT_MS, page_opener, playwright_sync_api
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ISO_8601 = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)"
-TIMEOUT_MS = 10_000  # upper bound for every Playwright wait
 
 # The "Client-Side Connection" snippet of the spec (websocket-support.md), verbatim.
 SPEC_CLIENT = """\
@@ -62,10 +52,7 @@ const __log = console.log.bind(console);
 console.log = (...args) => { window.__logged.push(args); __log(...args); };
 """
 
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"{CHROMIUM} is not installed (apt install chromium)", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+sync_api = playwright_sync_api()  # skips this module without Chromium or Playwright
 Browser = sync_api.Browser
 Page = sync_api.Page
 expect = sync_api.expect
@@ -80,39 +67,14 @@ def server() -> Iterator[LiveServer]:
         yield live
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 @pytest.fixture
 def new_page(browser: Browser) -> Iterator[Any]:
     """Open pages, each in its own browser context (like two users); all closed afterwards.
 
     Any uncaught JavaScript error in a page fails the test.
     """
-    contexts: list[Any] = []
-    js_errors: list[str] = []
-
-    def open_page() -> Page:
-        context = browser.new_context(viewport={"width": 1000, "height": 640})
-        context.set_default_timeout(TIMEOUT_MS)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("pageerror", lambda exc: js_errors.append(str(exc)))
-        return page
-
-    yield open_page
-    for context in contexts:
-        context.close()
-    assert not js_errors, f"uncaught JavaScript errors: {js_errors}"
+    with page_opener(browser, viewport={"width": 1000, "height": 640}) as open_page:
+        yield open_page
 
 
 def open_chat(new_page: Any, server: LiveServer) -> tuple[Page, str]:

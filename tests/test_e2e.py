@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from fastapi_orcs_ws import Connection, EventError, WebSocketRouter, WebSocketSettings
 from fastapi_orcs_ws.testing import serve
 
-from .wsclient import client, expect, raw_handshake, recv, send, wait_for
+from .wsclient import client, expect, numbered, raw_handshake, recv, send, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -204,13 +204,7 @@ async def test_stalled_reader_never_delays_the_others() -> None:
                 await wait_until(lambda: manager.local_connections == 4)
                 await send(sender, "blast", {"count": total, "size": size})
                 for ws in (a, b, sender):
-                    seen = []
-                    with anyio.fail_after(30):
-                        while len(seen) < total:
-                            frame = json.loads(await ws.recv())
-                            if frame["event"] == "n":
-                                seen.append(frame["payload"]["i"])
-                    assert seen == list(range(total))
+                    assert await numbered(ws, total) == list(range(total))
                 await wait_until(lambda: manager.local_connections == 3)
                 stats = await manager.get_stats()
                 assert stats.slow_consumer_disconnects == 1
@@ -302,13 +296,7 @@ async def test_a_reader_that_pauses_gets_everything_in_order_later() -> None:
             await expect(sender, "hello")
             await send(sender, "blast", {"count": total, "size": size})
             for ws in (sender, paused):  # `paused` has not read anything until now
-                seen = []
-                with anyio.fail_after(30):
-                    while len(seen) < total:
-                        frame = json.loads(await ws.recv())
-                        if frame["event"] == "n":
-                            seen.append(frame["payload"]["i"])
-                assert seen == list(range(total))
+                assert await numbered(ws, total) == list(range(total))
             stats = await router.manager.get_stats()
             assert stats.slow_consumer_disconnects == 0
             assert stats.connections == 2

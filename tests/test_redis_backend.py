@@ -7,9 +7,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -32,21 +31,6 @@ from tests.redis_helpers import RedisServer, eventually
 pytestmark = [pytest.mark.redis, pytest.mark.anyio, pytest.mark.timeout(60)]
 
 FAST = "node_ttl=1.5&heartbeat=0.3"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class FakeSocket:

@@ -45,11 +45,6 @@ LOG_CONFIG = {
 }
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Node:
     """One ``uvicorn examples.chat_app.main:app`` subprocess."""
 
@@ -104,16 +99,6 @@ class Node:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self._log.close()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

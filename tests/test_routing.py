@@ -5,6 +5,7 @@
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import pytest
@@ -33,6 +34,14 @@ def build(**router_kwargs: Any) -> tuple[FastAPI, WebSocketRouter]:
     return app, router
 
 
+@contextmanager
+def connected(app: FastAPI, router: WebSocketRouter, path: str = "/ws") -> Iterator[Any]:
+    """Include ``router`` in ``app``, start it in a TestClient and open one WebSocket."""
+    app.include_router(router)
+    with TestClient(app) as client, client.websocket_connect(path) as ws:
+        yield ws
+
+
 def test_handler_dict_and_decorator_forms_and_typed_payload() -> None:
     app, router = build()
 
@@ -46,8 +55,7 @@ def test_handler_dict_and_decorator_forms_and_typed_payload() -> None:
     async def shout(ws: Connection, payload: str) -> str:
         return payload.upper()
 
-    app.include_router(router)
-    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+    with connected(app, router) as ws:
         ws.send_json({"event": "greet", "payload": {"name": "ada"}, "id": "a1"})
         assert ws.receive_json() == {"event": "greeting", "payload": {"text": "hello ada"}}
         assert ws.receive_json() == {"event": "ack", "payload": "done", "id": "a1"}
@@ -66,8 +74,7 @@ def test_validation_error_names_the_field_and_connection_keeps_working() -> None
         return payload.name
 
     router.ws("/ws", {"greet": greet})
-    app.include_router(router)
-    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+    with connected(app, router) as ws:
         ws.send_json({"event": "greet", "payload": {"name": "", "times": "many"}, "id": 9})
         error = ws.receive_json()
         assert error["event"] == "error" and error["id"] == 9
@@ -108,8 +115,7 @@ def test_dependencies_are_resolved_per_event_with_cleanup_and_overrides() -> Non
         return {"db": db, "number": number}
 
     router.ws("/ws", {"use": handler})
-    app.include_router(router)
-    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+    with connected(app, router) as ws:
         ws.send_json({"event": "use", "id": 1})
         assert ws.receive_json()["payload"] == {"db": "db-session", "number": 2}
         assert calls == ["open", "close"]
@@ -127,8 +133,7 @@ def test_sync_handlers_run_in_a_worker_thread() -> None:
         return payload + 1
 
     router.ws("/ws", {"inc": blocking})
-    app.include_router(router)
-    with TestClient(app) as client, client.websocket_connect("/ws") as ws:
+    with connected(app, router) as ws:
         ws.send_json({"event": "inc", "payload": 1, "id": 1})
         assert ws.receive_json()["payload"] == 2
     assert threads and threads[0] != "MainThread"
@@ -225,12 +230,7 @@ def test_connection_data_and_disconnect_runs_once(caplog: pytest.LogCaptureFixtu
         raise RuntimeError("a failing disconnect handler is logged, not fatal")
 
     router.ws("/ws", {"connect": connect, "disconnect": disconnect})
-    app.include_router(router)
-    with (
-        caplog.at_level(logging.ERROR),
-        TestClient(app) as client,
-        client.websocket_connect("/ws") as ws,
-    ):
+    with caplog.at_level(logging.ERROR), connected(app, router) as ws:
         ws.send_json({"event": "nothing"})
         assert ws.receive_json()["payload"]["code"] == "unknown_event"
         ws.close(code=4000)
@@ -310,12 +310,7 @@ def test_debug_mode_checks_outgoing_payloads_against_emits(
             await ws.data.manager.broadcast("note", {"text": "fine"})
 
         router.ws("/ws", {"bad": send_bad, "good": send_good}, emits={"note": Note})
-        app.include_router(router)
-        with (
-            caplog.at_level(logging.ERROR),
-            TestClient(app) as client,
-            client.websocket_connect("/ws") as ws,
-        ):
+        with caplog.at_level(logging.ERROR), connected(app, router) as ws:
             ws.send_json({"event": "good"})
             assert ws.receive_json() == {"event": "note", "payload": {"text": "fine"}}
             ws.send_json({"event": "bad"})

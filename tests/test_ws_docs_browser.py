@@ -1,4 +1,7 @@
-"""The /ws-docs page renders in headless Chromium, with no network beyond the app."""
+"""The /ws-docs page renders in headless Chromium, with no network beyond the app.
+
+The ``browser`` fixture (tests/conftest.py) skips these tests without Chromium or Playwright.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +17,6 @@ from fastapi_orcs_ws.testing import LiveServer, serve
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = Path(os.environ.get("WS_DOCS_SCREENSHOT", "/tmp/ws-docs.png"))
 
 
@@ -31,21 +24,6 @@ SCREENSHOT = Path(os.environ.get("WS_DOCS_SCREENSHOT", "/tmp/ws-docs.png"))
 def server() -> Iterator[LiveServer]:
     with serve(app) as live:
         yield live
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def test_ws_docs_renders_every_chat_event(server: LiveServer, browser: Any) -> None:

@@ -50,6 +50,19 @@ async def wait_for(ws: ClientConnection, event: str, timeout: float = 5.0) -> di
                 return frame  # type: ignore[no-any-return]
 
 
+async def numbered(
+    ws: ClientConnection, count: int, event: str = "n", timeout: float = 30.0
+) -> list[Any]:
+    """The ``payload["i"]`` of the next ``count`` ``event`` frames, skipping other frames."""
+    seen: list[Any] = []
+    with anyio.fail_after(timeout):
+        while len(seen) < count:
+            frame = json.loads(await ws.recv())
+            if frame["event"] == event:
+                seen.append(frame["payload"]["i"])
+    return seen
+
+
 def raw_handshake(host: str, port: int, path: str, *, rcvbuf: int | None = None) -> socket.socket:
     """Open a WebSocket at the TCP level and then do nothing: a peer that never reads or pongs."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
