@@ -174,17 +174,34 @@ class Connection:
 
     def send_frame(self, frame: str) -> bool:
         """Send an already-encoded text frame, or queue it; never blocks."""
+        return self.send_message({"type": "websocket.send", "text": frame})
+
+    def send_message(self, message: dict[str, Any]) -> bool:
+        """:meth:`send_frame` for a ready ``websocket.send`` ASGI message.
+
+        A broadcast builds one message and hands it to every recipient; it is never mutated.
+        """
         if self._closed:
             return False
         if self._writer is None:
             # Nothing queued, nothing in flight: write in the caller's task, which costs no
             # task switch. Only if the peer's socket is full does a writer task take over.
-            return self._write_now(frame)
+            send = self.websocket.send(message)
+            try:
+                blocked_on = send.send(None)
+            except StopIteration:
+                return True
+            except _PEER_GONE as exc:
+                self._peer_gone(exc)
+                return False
+            self._in_flight = _Resume(send, blocked_on)
+            self._start_writer()
+            return True
         queue = self._queue
         if len(queue) >= self._max_queue:
             self._overflow()
             return False
-        queue.append(frame)
+        queue.append(message["text"])
         return True
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
@@ -230,19 +247,6 @@ class Connection:
         writer.cancel()
         with anyio.CancelScope(shield=True):
             await asyncio.wait([writer])
-
-    def _write_now(self, frame: str) -> bool:
-        send = self.websocket.send({"type": "websocket.send", "text": frame})
-        try:
-            blocked_on = send.send(None)
-        except StopIteration:
-            return True
-        except _PEER_GONE as exc:
-            self._peer_gone(exc)
-            return False
-        self._in_flight = _Resume(send, blocked_on)
-        self._start_writer()
-        return True
 
     def _peer_gone(self, exc: BaseException) -> None:
         logger.debug("writing to %s failed: %r", self.data.client_id, exc)

@@ -300,18 +300,20 @@ class WebSocketManager:
     def deliver_local(
         self, frame: str, client_ids: Iterable[str] | None, exclude: Collection[str]
     ) -> int:
-        # The hot path of every broadcast. No copies: sending never changes membership
-        # synchronously (a failing peer is cleaned up by its own task, later).
+        # The hot path of every broadcast. One ASGI message for all recipients, and no
+        # copies: sending never changes membership synchronously (a failing peer is
+        # cleaned up by its own task, later).
+        message = {"type": "websocket.send", "text": frame}
         conns = self._connections
         sent = 0
         if client_ids is None:
             if exclude:
                 for client_id, conn in conns.items():
-                    if client_id not in exclude and conn.send_frame(frame):
+                    if client_id not in exclude and conn.send_message(message):
                         sent += 1
             else:
                 for conn in conns.values():
-                    if conn.send_frame(frame):
+                    if conn.send_message(message):
                         sent += 1
             return sent
         get = conns.get
@@ -319,7 +321,7 @@ class WebSocketManager:
             if exclude and client_id in exclude:
                 continue
             target = get(client_id)
-            if target is not None and target.send_frame(frame):
+            if target is not None and target.send_message(message):
                 sent += 1
         return sent
 
