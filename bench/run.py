@@ -316,6 +316,17 @@ IN_FLIGHT = 2_000  # deliveries in flight at the highest sustainable rate
 MAX_K = 300_000
 
 
+def fanout_once(
+    c: dict[str, Any], servers: list[Server], n: int, extra_pids: list[int] | None = None
+) -> dict[str, Any]:
+    """One fan-out run at the highest sustainable rate, N receivers."""
+    k = min(MAX_K, max(2000, int(2_000_000 * c["fanout_s"] / n)))
+    args = ["fanout", *common(servers, extra_pids), "--n", str(n), "--k", str(k)]
+    args += ["--window", str(window(n)), "--warmup", str(c["warmup_s"])]
+    args += ["--timeout", str(c["fanout_s"])]
+    return client(args, c["fanout_s"])
+
+
 def window(n: int) -> int:
     """Publishes in flight: at least 4, else enough for IN_FLIGHT deliveries."""
     return max(4, -(-IN_FLIGHT // n))
@@ -340,27 +351,8 @@ def run_fanout(name: str, c: dict[str, Any], bun: str | None, out: dict[str, Any
             1,
         )  # discarded: a fresh server runs slow for its first second
         for n in c["fanout_n"]:
-            runs = []
-            for _ in range(c["runs"]):
-                k = min(MAX_K, max(2000, int(2_000_000 * c["fanout_s"] / n)))
-                r = client(
-                    [
-                        "fanout",
-                        *common(servers),
-                        "--n",
-                        str(n),
-                        "--k",
-                        str(k),
-                        "--window",
-                        str(window(n)),
-                        "--warmup",
-                        str(c["warmup_s"]),
-                        "--timeout",
-                        str(c["fanout_s"]),
-                    ],
-                    c["fanout_s"],
-                )
-                runs.append(r)
+            runs = [fanout_once(c, servers, n) for _ in range(c["runs"])]
+            for r in runs:
                 _progress(name, f"fanout N={n}", r, "deliveries_per_s")
             out[f"fanout_{n}"] = summarize(runs)
         n = c["fixed_n"]
@@ -498,28 +490,9 @@ def run_redis(
         notes.append(f"redis: skipped, ours did not start with WS_BACKEND_URL=redis://...: {exc}")
         return
     try:
-        runs = []
         n = c["redis_n"]
-        for _ in range(c["runs"]):
-            k = min(MAX_K, max(2000, int(2_000_000 * c["fanout_s"] / n)))
-            r = client(
-                [
-                    "fanout",
-                    *common(servers, [rpid]),
-                    "--n",
-                    str(n),
-                    "--k",
-                    str(k),
-                    "--window",
-                    str(window(n)),
-                    "--warmup",
-                    str(c["warmup_s"]),
-                    "--timeout",
-                    str(c["fanout_s"]),
-                ],
-                c["fanout_s"],
-            )
-            runs.append(r)
+        runs = [fanout_once(c, servers, n, [rpid]) for _ in range(c["runs"])]
+        for r in runs:
             _progress(name, f"redis 2 procs N={n}", r, "deliveries_per_s")
         out[f"redis_{n}"] = summarize(runs)
     finally:

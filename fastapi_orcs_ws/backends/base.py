@@ -58,6 +58,14 @@ class Backend(ABC):
     """
 
     name: str = "backend"
+    _node: Node | None = None
+
+    @property
+    def node(self) -> Node:
+        """The process this backend delivers to; set by :meth:`start`."""
+        if self._node is None:
+            raise RuntimeError("backend not started")
+        return self._node
 
     @abstractmethod
     async def start(self, node: Node) -> None:

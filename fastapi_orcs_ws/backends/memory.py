@@ -25,12 +25,6 @@ class MemoryBackend(Backend):
     async def stop(self) -> None:
         self._index.clear()
 
-    @property
-    def node(self) -> Node:
-        if self._node is None:
-            raise RuntimeError("backend not started")
-        return self._node
-
     async def add_client(self, client_id: str, info: Mapping[str, str] | None = None) -> None:
         self._index.add_client(client_id)
 

@@ -335,12 +335,6 @@ class RedisBackend(Backend):
             self._redis = None
         self._index.clear()
 
-    @property
-    def node(self) -> Node:
-        if self._node is None:
-            raise RuntimeError("backend not started")
-        return self._node
-
     # -- membership ---------------------------------------------------------------------
 
     async def add_client(self, client_id: str, info: Mapping[str, str] | None = None) -> None:
