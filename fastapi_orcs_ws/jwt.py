@@ -50,6 +50,44 @@ def _refuse(reason: str, *, message: str = "invalid token") -> NoReturn:
     raise AuthenticationError(message)
 
 
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
+
+
+def _fits(key: Mapping[str, Any], alg: str) -> bool:
+    """Whether a JWK may verify ``alg``: never an HMAC algorithm, the right key type."""
+    if alg in _HMAC_ALGORITHMS or key.get("kty") != _KEY_TYPES.get(alg[:2]):
+        return False
+    return key.get("alg") in (None, alg)
+
+
+def _parse_jwks(jwks: Mapping[str, Any] | str, algorithms: Sequence[str]) -> dict[str, Any]:
+    """``{kid: jwk}`` of the public keys in a JWK set, each checked at start-up."""
+    try:
+        data = json.loads(jwks) if isinstance(jwks, str) else dict(jwks)
+    except ValueError as exc:
+        raise ConfigurationError(f"WS_JWT_JWKS is not JSON: {exc}") from None
+    keys = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(keys, list):
+        raise ConfigurationError('WS_JWT_JWKS must be a JWK set: {"keys": [...]}')
+    found: dict[str, Any] = {}
+    for key in keys:
+        if not isinstance(key, dict) or not isinstance(key.get("kid"), str):
+            raise ConfigurationError("WS_JWT_JWKS: every key needs a string kid")
+        if "d" in key or key.get("kty") == "oct":
+            raise ConfigurationError("WS_JWT_JWKS holds public keys only (no secrets)")
+        usable = [alg for alg in algorithms if _fits(key, alg)]
+        if not usable:
+            raise ConfigurationError(
+                f"WS_JWT_JWKS: key {key['kid']!r} fits none of the configured algorithms"
+            )
+        try:
+            jwk.construct(key, usable[0])
+        except (JOSEError, ValueError, TypeError) as exc:
+            raise ConfigurationError(f"WS_JWT_JWKS: key {key['kid']!r}: {exc}") from None
+        found[key["kid"]] = key
+    return found
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -60,6 +98,9 @@ class JWTVerifier:
     Args:
         secret: Shared secret for ``HS256``/``HS384``/``HS512``.
         public_key: PEM public key for ``RS*``/``PS*``/``ES*``.
+        jwks: A JWK set (``{"keys": [...]}``, as a mapping or JSON text) for ``RS*``/``PS*``/
+            ``ES*``: a token naming a ``kid`` is checked with that key only, and only if the
+            key's type (and ``alg``, when the key states one) fits the token's algorithm.
         algorithms: The only algorithms accepted; the token's header never widens this list.
             Every HMAC algorithm needs ``secret``, every public-key algorithm ``public_key``.
         audience: When set, the token must carry an ``aud`` containing it.
@@ -95,6 +136,7 @@ class JWTVerifier:
         *,
         secret: str | None = None,
         public_key: str | None = None,
+        jwks: Mapping[str, Any] | str | None = None,
         algorithms: Sequence[str] = ("HS256",),
         audience: str | None = None,
         issuer: str | None = None,
@@ -115,9 +157,12 @@ class JWTVerifier:
         if any(a in _HMAC_ALGORITHMS for a in algs) and not secret:
             raise ConfigurationError("WS_JWT_SECRET is required for HS256/HS384/HS512")
         public_algs = [a for a in algs if a in _PUBLIC_KEY_ALGORITHMS]
-        if public_algs and not public_key:
-            raise ConfigurationError(f"WS_JWT_PUBLIC_KEY is required for {', '.join(public_algs)}")
-        for alg in public_algs:  # fail at start-up, not on the first token
+        self._jwks = _parse_jwks(jwks, public_algs) if jwks is not None else {}
+        if public_algs and not public_key and not self._jwks:
+            raise ConfigurationError(
+                f"WS_JWT_PUBLIC_KEY or WS_JWT_JWKS is required for {', '.join(public_algs)}"
+            )
+        for alg in public_algs if public_key else ():  # fail at start-up, not on a token
             assert public_key is not None
             try:
                 jwk.construct(public_key, alg)
@@ -141,6 +186,7 @@ class JWTVerifier:
         return cls(
             secret=secret,
             public_key=settings.jwt_public_key,
+            jwks=settings.jwt_jwks,
             algorithms=settings.jwt_algorithms,
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
@@ -173,7 +219,18 @@ class JWTVerifier:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
             _refuse(f"algorithm {str(alg)[:20]!r} not allowed")
-        key = self._secret if alg in _HMAC_ALGORITHMS else self._public_key
+        key: str | dict[str, Any] | None = (
+            self._secret if alg in _HMAC_ALGORITHMS else self._public_key
+        )
+        kid = header.get("kid")
+        if self._jwks and kid is not None and alg in _PUBLIC_KEY_ALGORITHMS:
+            # The key set decides: the named key, and only for an algorithm it fits.
+            chosen = self._jwks.get(kid) if isinstance(kid, str) else None
+            if chosen is None:
+                _refuse("unknown kid")
+            if not _fits(chosen, alg):
+                _refuse(f"key {kid[:40]!r} does not fit {alg}")
+            key = chosen
         if not key:
             _refuse(f"no key configured for {alg}")
         options: dict[str, Any] = {

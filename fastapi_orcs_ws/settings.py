@@ -57,6 +57,8 @@ class WebSocketSettings(BaseSettings):
     """Shared secret for HS256/HS384/HS512."""
     jwt_public_key: str | None = None
     """PEM public key for RS*/ES* algorithms."""
+    jwt_jwks: str | None = None
+    """A JWK set as JSON (``{"keys": [...]}``) for RS*/PS*/ES*; tokens pick a key by ``kid``."""
     jwt_algorithms: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["HS256"])
     """Accepted algorithms (comma-separated). Never taken from the token."""
     jwt_audience: str | None = None
