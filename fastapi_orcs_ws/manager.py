@@ -349,7 +349,8 @@ class WebSocketManager:
 
 
 async def _let_writers_run() -> None:
-    # Writers flush to healthy sockets without blocking; yielding once per broadcast means a
+    # A client whose socket filled up mid-burst drains only when the event loop runs (its
+    # transport resumes, its writer task continues); yielding once per broadcast means a
     # tight loop of broadcasts cannot overflow the queues of clients that do read.
     await asyncio.sleep(0)
 
