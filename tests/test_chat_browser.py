@@ -148,6 +148,7 @@ def test_two_pages_talk_to_each_other(new_page: Any, server: LiveServer) -> None
     in_b = page_b.locator("#messages li[data-kind=message]")
     expect(in_b).to_have_count(1)
     expect(in_b.locator(".from")).to_have_text(id_a)
+    expect(in_b.locator(".room")).to_have_text("#general")
     expect(in_b.locator(".text")).to_have_text("hi B <b>not bold</b>")
     expect(in_b.locator("time")).to_have_attribute("datetime", re.compile(r"^\d{4}-\d\d-\d\dT"))
     expect(in_b.locator("b")).to_have_count(0)
