@@ -1,36 +1,47 @@
 """Turning handler functions into typed, validated callables.
 
-A handler is called as the spec calls it, ``handler(ws, payload)``. Its signature
-says what else it wants: a ``payload`` annotation is the schema it is validated
-against; parameters typed ``Connection``, ``WebSocketManager`` or ``WebSocket`` are
-injected; ``Depends(...)`` parameters are resolved per event, like FastAPI's.
+A handler is called as the spec calls it, ``handler(ws, payload)``. Its signature says what
+else it wants:
+
+- ``payload`` (by name, or the second parameter; ``connect`` has none): the event's payload,
+  validated against the annotation;
+- the first parameter when unannotated, or any parameter annotated ``Connection``,
+  ``WebSocketManager``, ``WebSocket`` or ``HTTPConnection``: injected;
+- every other parameter is FastAPI's (``Depends``, ``Security``, ``Header``, ``Query``,
+  ``Cookie``, ``Path``, plain query/path parameters), solved for each event by FastAPI's own
+  machinery against the handshake request (see :mod:`fastapi_orcs_ws.dependencies`).
+
+Everything is inspected once, at registration; a handler without FastAPI parameters never
+touches the solver.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Annotated, Any, get_args, get_origin, get_type_hints
+from typing import Any
 
 import anyio.to_thread
-from fastapi.params import Depends
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
+from ._context import SCOPE_CONNECTION
 from .connection import Connection
+from .dependencies import EventDependencies, is_fastapi_parameter
 from .errors import ConfigurationError
 from .manager import WebSocketManager
 
-__all__ = ["EventHandler", "compile_handler"]
+__all__ = ["EventHandler", "InvalidPayload", "compile_handler", "get_connection"]
 
 _EMPTY = inspect.Parameter.empty
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
-# How each parameter is filled: a tag, plus the dependency for "depends".
-_CONN, _PAYLOAD, _MANAGER, _WEBSOCKET, _DEPENDS, _DEFAULT = range(6)
-_Param = tuple[str, int, Any]
+# What an injected parameter receives.
+_CONN, _PAYLOAD, _MANAGER, _WEBSOCKET = range(4)
 
 
 class InvalidPayload(Exception):
@@ -42,25 +53,27 @@ class InvalidPayload(Exception):
 
 
 @dataclass(slots=True)
-class _Compiled:
-    func: Callable[..., Any]
-    params: list[_Param]
-    is_async: bool
-    is_gen: bool
-    is_async_gen: bool
-    use_cache: bool = True
-
-
-@dataclass(slots=True)
 class EventHandler:
-    """A compiled handler: what it validates and how it is called."""
+    """A compiled handler: what it validates and how it is called.
+
+    ``await handler(conn, raw_payload)`` validates the payload (raising
+    :class:`InvalidPayload`), solves the FastAPI parameters if it has any, calls the handler
+    (a sync one in a worker thread) and returns its result. ``HTTPException``,
+    ``WebSocketException`` and FastAPI's ``WebSocketRequestValidationError`` propagate.
+    """
 
     event: str
     func: Callable[..., Any]
     payload_type: Any
     """The payload annotation, or ``None`` when the payload is passed through."""
     adapter: TypeAdapter[Any] | None
-    compiled: _Compiled
+    dependencies: EventDependencies | None
+    """The FastAPI parameters, or ``None`` when there are none (the solver is never used)."""
+    is_async: bool
+    positional: tuple[int, ...]
+    """Injected values passed by position, in order."""
+    keywords: tuple[tuple[str, int], ...]
+    """Injected values passed by name."""
 
     async def __call__(self, conn: Connection, raw_payload: Any) -> Any:
         payload = raw_payload
@@ -69,161 +82,174 @@ class EventHandler:
                 payload = self.adapter.validate_python(raw_payload)
             except ValidationError as exc:
                 raise InvalidPayload(exc) from None
-        if not self.compiled.params or all(p[1] in (_CONN, _PAYLOAD) for p in self.compiled.params):
-            # Fast path: no dependencies to solve.
-            args = {
-                name: conn if kind == _CONN else payload for name, kind, _ in self.compiled.params
-            }
-            if self.compiled.is_async:
-                return await self.func(**args)
-            return await anyio.to_thread.run_sync(lambda: self.func(**args))
-        async with AsyncExitStack() as stack:
-            return await _call(self.compiled, conn, payload, stack, {})
+        # The hot path (every message of every client): no per-kind function calls.
+        args = [
+            conn if kind == _CONN else payload if kind == _PAYLOAD else _value(kind, conn)
+            for kind in self.positional
+        ]
+        kwargs = {name: _value(kind, conn, payload) for name, kind in self.keywords}
+        if self.dependencies is None:
+            if self.is_async:
+                return await self.func(*args, **kwargs)
+            return await anyio.to_thread.run_sync(functools.partial(self.func, *args, **kwargs))
+        return await self._call_solved(conn, args, kwargs)
+
+    async def _call_solved(self, conn: Connection, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        assert self.dependencies is not None
+        returned = False
+        raised: BaseException | None = None
+        # The order FastAPI uses: "request"-scoped yield dependencies close last.
+        async with AsyncExitStack() as request_stack, AsyncExitStack() as function_stack:
+            kwargs.update(await self.dependencies.solve(conn, request_stack, function_stack))
+            try:
+                if self.is_async:
+                    result = await self.func(*args, **kwargs)
+                else:
+                    call = functools.partial(self.func, *args, **kwargs)
+                    result = await anyio.to_thread.run_sync(call)
+            except BaseException as exc:
+                raised = exc
+                raise
+            returned = True
+        if not returned:
+            # A yield dependency caught the handler's exception and did not re-raise it.
+            raise RuntimeError(
+                f"{self.dependencies.label}: a dependency with yield swallowed the exception "
+                "the handler raised; re-raise it in the dependency's except block"
+            ) from raised
+        return result
 
 
-def compile_handler(event: str, func: Callable[..., Any]) -> EventHandler:
-    """Inspect ``func`` once, at registration, so nothing is inspected per message."""
+def _value(kind: int, conn: Connection, payload: Any = None) -> Any:
+    if kind == _PAYLOAD:
+        return payload
+    if kind == _CONN:
+        return conn
+    if kind == _MANAGER:
+        return conn.data.manager
+    return conn.websocket
+
+
+def compile_handler(event: str, func: Callable[..., Any], *, path: str = "") -> EventHandler:
+    """Inspect ``func`` once, at registration, so nothing is inspected per message.
+
+    Args:
+        event: the event name; ``connect`` handlers take no payload.
+        func: the handler, ``async def`` or plain ``def``.
+        path: the route's path (e.g. ``"/ws/{room}"``), for FastAPI's path parameters.
+
+    Raises:
+        ConfigurationError: a parameter cannot be supplied to a WebSocket event (an HTTP body,
+            ``Form``, ``File``, ``Request``, ``Response``, ``BackgroundTasks``), the payload
+            type is not one pydantic validates, or the signature cannot be read.
+    """
+    label = f"handler {_name(func)!r} for event {event!r}"
     if not callable(func):
-        raise ConfigurationError(f"handler for {event!r} is not callable: {func!r}")
-    compiled = _compile(func, is_handler=True)
-    payload_type = next((ann for _, kind, ann in compiled.params if kind == _PAYLOAD), None)
+        raise ConfigurationError(f"{label} is not callable")
+    try:
+        # As FastAPI reads signatures: string annotations resolved, Annotated extras kept.
+        signature = inspect.signature(func, eval_str=True)
+    except (NameError, TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"cannot read the signature of {label}: {exc} (annotations must name things "
+            "defined at module level)"
+        ) from exc
+    positional: list[int] = []
+    keywords: list[tuple[str, int]] = []
+    fastapi_params: list[inspect.Parameter] = []
+    payload_type: Any = None
+    index = -1
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        index += 1
+        annotation = param.annotation
+        kind: int | None
+        if is_fastapi_parameter(annotation, param.default):
+            kind = None
+        elif _is(annotation, Connection):
+            kind = _CONN
+        elif _is(annotation, WebSocketManager):
+            kind = _MANAGER
+        elif _is(annotation, WebSocket) or _is(annotation, HTTPConnection):
+            kind = _WEBSOCKET
+        elif event != "connect" and (param.name == "payload" or index == 1):
+            kind = _PAYLOAD
+            payload_type = annotation
+        elif index == 0 and annotation is _EMPTY:
+            kind = _CONN
+        else:
+            kind = None
+        if kind is None:
+            if param.kind is param.POSITIONAL_ONLY:
+                raise ConfigurationError(
+                    f"{label}: FastAPI passes parameter {param.name!r} by name, so it cannot be "
+                    "positional-only; make it a normal parameter"
+                )
+            fastapi_params.append(param)
+        elif param.kind in _POSITIONAL and len(positional) == index:
+            positional.append(kind)
+        elif param.kind is param.POSITIONAL_ONLY:
+            raise ConfigurationError(
+                f"{label}: positional-only parameter {param.name!r} comes after a FastAPI "
+                "parameter, so it cannot be passed; make it a normal parameter"
+            )
+        else:
+            keywords.append((param.name, kind))
     if payload_type in (_EMPTY, Any, object):
         payload_type = None
     try:
         adapter = TypeAdapter(payload_type) if payload_type is not None else None
-    except Exception as exc:  # a type pydantic cannot validate
-        raise ConfigurationError(f"payload type of {event!r} handler: {exc}") from exc
-    return EventHandler(event, func, payload_type, adapter, compiled)
-
-
-_cache: dict[Any, _Compiled] = {}
-
-
-def _compile(func: Callable[..., Any], *, is_handler: bool = False) -> _Compiled:
-    if not is_handler and func in _cache:
-        return _cache[func]
-    # A callable object's hints and async-ness live on its __call__ method.
-    target: Any = func
-    if not (inspect.isfunction(func) or inspect.ismethod(func)):
-        target = type(func).__call__
-    try:
-        sig = inspect.signature(func)
-        hints = get_type_hints(target, include_extras=True)
-    except (TypeError, ValueError, NameError) as exc:
-        raise ConfigurationError(f"cannot inspect {func!r}: {exc}") from exc
-    params: list[_Param] = []
-    positional_seen = 0
-    for name, param in sig.parameters.items():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        annotation = hints.get(name, _EMPTY)
-        depends = param.default if isinstance(param.default, Depends) else None
-        if get_origin(annotation) is Annotated:
-            base, *meta = get_args(annotation)
-            for item in meta:
-                if isinstance(item, Depends):
-                    depends = item
-            if depends is not None:
-                annotation = base
-        if depends is not None:
-            dep = depends.dependency or annotation
-            params.append((name, _DEPENDS, (dep, depends.use_cache)))
-        elif _is(annotation, Connection):
-            params.append((name, _CONN, None))
-        elif _is(annotation, WebSocketManager):
-            params.append((name, _MANAGER, None))
-        elif _is(annotation, WebSocket) or _is(annotation, HTTPConnection):
-            params.append((name, _WEBSOCKET, None))
-        elif is_handler and (name == "payload" or positional_seen == 1):
-            params.append((name, _PAYLOAD, annotation))
-        elif is_handler and positional_seen == 0 and annotation is _EMPTY:
-            params.append((name, _CONN, None))
-        elif param.default is not _EMPTY:
-            params.append((name, _DEFAULT, param.default))
-        else:
-            raise ConfigurationError(
-                f"{getattr(func, '__qualname__', func)!r}: cannot supply parameter {name!r}; "
-                "handlers take (ws, payload), injected Connection/WebSocketManager/WebSocket, "
-                "or Depends(...)"
-            )
-        positional_seen += 1
-    compiled = _Compiled(
-        func=func,
-        params=params,
-        is_async=inspect.iscoroutinefunction(target),
-        is_gen=inspect.isgeneratorfunction(target),
-        is_async_gen=inspect.isasyncgenfunction(target),
+    except Exception as exc:  # any type pydantic cannot build a validator for
+        raise ConfigurationError(f"{label}: payload type {payload_type!r}: {exc}") from exc
+    dependencies = (
+        EventDependencies(fastapi_params, path=path, label=label) if fastapi_params else None
     )
-    if not is_handler:
-        _cache[func] = compiled
-    return compiled
+    return EventHandler(
+        event=event,
+        func=func,
+        payload_type=payload_type,
+        adapter=adapter,
+        dependencies=dependencies,
+        is_async=_is_async(func),
+        positional=tuple(positional),
+        keywords=tuple(keywords),
+    )
+
+
+def get_connection(conn: HTTPConnection) -> Connection:
+    """FastAPI dependency: the :class:`Connection` an event came from.
+
+    Handlers get the connection by annotating a parameter ``Connection``; their FastAPI
+    dependencies cannot (FastAPI would read such a parameter from a request body), so they
+    ask for it through this function:
+
+    ```python
+    async def current_room(ws: Annotated[Connection, Depends(get_connection)]) -> str:
+        return ws.data.state["room"]
+    ```
+
+    Raises:
+        ConfigurationError: used outside an event handler's dependencies (in an HTTP route).
+    """
+    live = conn.scope.get(SCOPE_CONNECTION)
+    if not isinstance(live, Connection):
+        raise ConfigurationError(
+            "get_connection works only in event handlers and their dependencies"
+        )
+    return live
 
 
 def _is(annotation: Any, cls: type) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, cls)
 
 
-async def _call(
-    compiled: _Compiled,
-    conn: Connection,
-    payload: Any,
-    stack: AsyncExitStack,
-    cache: dict[Any, Any],
-) -> Any:
-    args: dict[str, Any] = {}
-    for name, kind, extra in compiled.params:
-        if kind == _CONN:
-            args[name] = conn
-        elif kind == _PAYLOAD:
-            args[name] = payload
-        elif kind == _MANAGER:
-            args[name] = conn.data.manager
-        elif kind == _WEBSOCKET:
-            args[name] = conn.websocket
-        elif kind == _DEFAULT:
-            args[name] = extra
-        else:
-            dep, use_cache = extra
-            overrides = getattr(conn.websocket.scope.get("app"), "dependency_overrides", None)
-            if overrides:
-                dep = overrides.get(dep, dep)
-            if use_cache and dep in cache:
-                args[name] = cache[dep]
-                continue
-            value = await _solve(_compile(dep), conn, payload, stack, cache)
-            cache[dep] = value
-            args[name] = value
-    func = compiled.func
-    if compiled.is_async:
-        return await func(**args)
-    return await anyio.to_thread.run_sync(lambda: func(**args))
+def _is_async(func: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 - a callable object's own method
+    return not inspect.isfunction(func) and inspect.iscoroutinefunction(call)
 
 
-async def _solve(
-    compiled: _Compiled,
-    conn: Connection,
-    payload: Any,
-    stack: AsyncExitStack,
-    cache: dict[Any, Any],
-) -> Any:
-    if compiled.is_async_gen or compiled.is_gen:
-        # A dependency with `yield`: its clean-up runs after the handler, as in FastAPI.
-        factory = asynccontextmanager if compiled.is_async_gen else contextmanager
-        inner = _Compiled(compiled.func, compiled.params, True, False, False)
-
-        async def resolve_args() -> dict[str, Any]:
-            captured: dict[str, Any] = {}
-
-            async def grab(**kw: Any) -> None:
-                captured.update(kw)
-
-            grabber = _Compiled(grab, inner.params, True, False, False)
-            await _call(grabber, conn, payload, stack, cache)
-            return captured
-
-        kwargs = await resolve_args()
-        cm = factory(compiled.func)(**kwargs)
-        if compiled.is_async_gen:
-            return await stack.enter_async_context(cm)  # type: ignore[arg-type]
-        return stack.enter_context(cm)  # type: ignore[arg-type]
-    return await _call(compiled, conn, payload, stack, cache)
+def _name(func: Any) -> str:
+    return str(getattr(func, "__qualname__", None) or repr(func))
