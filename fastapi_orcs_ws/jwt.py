@@ -21,6 +21,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwk
 from jose import jwt as jose_jwt
 from jose.exceptions import ExpiredSignatureError, JOSEError
@@ -30,7 +33,7 @@ from .errors import AuthenticationError, ConfigurationError
 if TYPE_CHECKING:
     from .settings import WebSocketSettings
 
-__all__ = ["MAX_TOKEN_BYTES", "JWTVerifier"]
+__all__ = ["MAX_TOKEN_BYTES", "SUPPORTED_ALGORITHMS", "JWTVerifier"]
 
 logger = logging.getLogger("fastapi_orcs_ws.auth")
 
@@ -38,9 +41,18 @@ MAX_TOKEN_BYTES = 8 * 1024
 """Tokens longer than this are refused before any decoding work."""
 
 _HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-_PUBLIC_KEY_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+# RFC 7518 §3.3/§3.4. No PS*: python-jose 3.x cannot verify RSASSA-PSS signatures.
+_PUBLIC_KEY_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
+SUPPORTED_ALGORITHMS: tuple[str, ...] = tuple(
+    sorted(_HMAC_ALGORITHMS) + sorted(_PUBLIC_KEY_ALGORITHMS)
 )
+"""The JWS algorithms a verifier accepts (RFC 7518); ``none`` is never one of them."""
+# RFC 7518 §3.4: each ECDSA algorithm is tied to one curve (JWK ``crv``, cryptography's name).
+_CURVES = {
+    "ES256": ("P-256", "secp256r1"),
+    "ES384": ("P-384", "secp384r1"),
+    "ES512": ("P-521", "secp521r1"),
+}
 # Compact JWS: three base64url segments; the signature may not be empty (that is ``alg: none``).
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}")
 
@@ -50,14 +62,41 @@ def _refuse(reason: str, *, message: str = "invalid token") -> NoReturn:
     raise AuthenticationError(message)
 
 
-_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
+_KEY_TYPES = {"RS": "RSA", "ES": "EC"}
 
 
 def _fits(key: Mapping[str, Any], alg: str) -> bool:
-    """Whether a JWK may verify ``alg``: never an HMAC algorithm, the right key type."""
-    if alg in _HMAC_ALGORITHMS or key.get("kty") != _KEY_TYPES.get(alg[:2]):
+    """Whether a JWK may verify ``alg``: never HMAC, the right key type (and EC curve)."""
+    if alg not in _PUBLIC_KEY_ALGORITHMS or key.get("kty") != _KEY_TYPES.get(alg[:2]):
+        return False
+    if alg in _CURVES and key.get("crv") != _CURVES[alg][0]:
         return False
     return key.get("alg") in (None, alg)
+
+
+def _pem_algorithms(pem: str, algorithms: Sequence[str]) -> list[str]:
+    """Which of ``algorithms`` a PEM public key (or certificate) can verify."""
+    if "PRIVATE KEY" in pem:
+        raise ConfigurationError(
+            "WS_JWT_PUBLIC_KEY holds a private key: give the public key (the server only verifies)"
+        )
+    data = pem.strip().encode()
+    key: Any
+    try:
+        if b"CERTIFICATE" in data:
+            key = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        hint = " (it holds literal \\n: use real line breaks)" if "\\n" in pem else ""
+        raise ConfigurationError(
+            f"WS_JWT_PUBLIC_KEY is not a PEM public key or certificate{hint}: {str(exc)[:120]}"
+        ) from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return [alg for alg in algorithms if alg.startswith("RS")]
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return [a for a in algorithms if a in _CURVES and key.curve.name == _CURVES[a][1]]
+    return []
 
 
 def _parse_jwks(jwks: Mapping[str, Any] | str, algorithms: Sequence[str]) -> dict[str, Any]:
@@ -78,7 +117,8 @@ def _parse_jwks(jwks: Mapping[str, Any] | str, algorithms: Sequence[str]) -> dic
         usable = [alg for alg in algorithms if _fits(key, alg)]
         if not usable:
             raise ConfigurationError(
-                f"WS_JWT_JWKS: key {key['kid']!r} fits none of the configured algorithms"
+                f"WS_JWT_JWKS: key {key['kid']!r} (kty {key.get('kty')!r}, alg "
+                f"{key.get('alg')!r}) fits none of WS_JWT_ALGORITHMS {list(algorithms)}"
             )
         try:
             jwk.construct(key, usable[0])
@@ -97,12 +137,16 @@ class JWTVerifier:
 
     Args:
         secret: Shared secret for ``HS256``/``HS384``/``HS512``.
-        public_key: PEM public key for ``RS*``/``PS*``/``ES*``.
-        jwks: A JWK set (``{"keys": [...]}``, as a mapping or JSON text) for ``RS*``/``PS*``/
-            ``ES*``: a token naming a ``kid`` is checked with that key only, and only if the
-            key's type (and ``alg``, when the key states one) fits the token's algorithm.
-        algorithms: The only algorithms accepted; the token's header never widens this list.
-            Every HMAC algorithm needs ``secret``, every public-key algorithm ``public_key``.
+        public_key: PEM public key (or certificate) for ``RS*`` (an RSA key) or ``ES*`` (an EC
+            key on the algorithm's curve: P-256, P-384, P-521). Private keys are refused.
+        jwks: A JWK set (``{"keys": [...]}``, as a mapping or JSON text) for ``RS*``/``ES*``:
+            a token naming a ``kid`` is checked with that key only, and only if the key's type
+            (curve, and ``alg`` when the key states one) fits the token's algorithm.
+        algorithms: The only algorithms accepted (RFC 7518 names: ``HS256``/``384``/``512``,
+            ``RS256``/``384``/``512``, ``ES256``/``384``/``512``; python-jose cannot verify
+            ``PS*``); the token's header never widens this list. Every HMAC algorithm needs
+            ``secret``; every public-key algorithm a ``public_key`` or ``jwks`` key that fits
+            it; every key given must serve at least one listed algorithm.
         audience: When set, the token must carry an ``aud`` containing it.
         issuer: When set, the token must carry exactly this ``iss``.
         leeway: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
@@ -122,7 +166,9 @@ class JWTVerifier:
       for somebody else).
 
     Raises:
-        ConfigurationError: unknown algorithms, or a key missing for a configured algorithm.
+        ConfigurationError: an unknown algorithm (``none`` included), an algorithm no key can
+            verify, a key no algorithm uses, or a key that does not parse. The message names
+            the ``WS_JWT_*`` variable to set.
 
     Example:
         ```python
@@ -146,23 +192,44 @@ class JWTVerifier:
             algorithms = (algorithms,)
         algs = tuple(dict.fromkeys(a.strip() for a in algorithms if a.strip()))
         if not algs:
-            raise ConfigurationError("JWT algorithms: at least one algorithm is required")
+            raise ConfigurationError("WS_JWT_ALGORITHMS: at least one algorithm is required")
         unknown = [a for a in algs if a not in _HMAC_ALGORITHMS | _PUBLIC_KEY_ALGORITHMS]
         if unknown:
             raise ConfigurationError(
-                f'JWT algorithms: unsupported {", ".join(unknown)} ("none" is never allowed)'
+                f"WS_JWT_ALGORITHMS: unsupported {', '.join(unknown)}; choose from "
+                f'{", ".join(SUPPORTED_ALGORITHMS)} ("none" is never allowed)'
             )
         if leeway < 0:
-            raise ConfigurationError("JWT leeway must be >= 0")
-        if any(a in _HMAC_ALGORITHMS for a in algs) and not secret:
-            raise ConfigurationError("WS_JWT_SECRET is required for HS256/HS384/HS512")
+            raise ConfigurationError("WS_JWT_LEEWAY must be >= 0")
+        hmac_algs = [a for a in algs if a in _HMAC_ALGORITHMS]
         public_algs = [a for a in algs if a in _PUBLIC_KEY_ALGORITHMS]
-        self._jwks = _parse_jwks(jwks, public_algs) if jwks is not None else {}
-        if public_algs and not public_key and not self._jwks:
+        if hmac_algs and not secret:
             raise ConfigurationError(
-                f"WS_JWT_PUBLIC_KEY or WS_JWT_JWKS is required for {', '.join(public_algs)}"
+                f"WS_JWT_ALGORITHMS includes {', '.join(hmac_algs)} but WS_JWT_SECRET is not "
+                "set: set WS_JWT_SECRET, or list in WS_JWT_ALGORITHMS only the algorithms "
+                "your keys verify (the default is HS256)"
             )
-        for alg in public_algs if public_key else ():  # fail at start-up, not on a token
+        if secret and not hmac_algs:
+            raise ConfigurationError(
+                f"WS_JWT_SECRET is set but WS_JWT_ALGORITHMS ({', '.join(algs)}) has no "
+                "HS256/HS384/HS512 to use it: add one, or unset WS_JWT_SECRET"
+            )
+        if (public_key or jwks is not None) and not public_algs:
+            given = "WS_JWT_PUBLIC_KEY" if public_key else "WS_JWT_JWKS"
+            raise ConfigurationError(
+                f"{given} is set but WS_JWT_ALGORITHMS ({', '.join(algs)}) has no RS*/ES* "
+                "algorithm to use it: add the algorithm your tokens are signed with, e.g. RS256"
+            )
+        self._jwks = _parse_jwks(jwks, public_algs) if jwks is not None else {}
+        self._pem_algorithms = frozenset(
+            _pem_algorithms(public_key, public_algs) if public_key else ()
+        )
+        if public_key and not self._pem_algorithms:
+            raise ConfigurationError(
+                f"WS_JWT_PUBLIC_KEY verifies none of WS_JWT_ALGORITHMS ({', '.join(public_algs)})"
+                ": RS* needs an RSA key, ES256/ES384/ES512 an EC key on P-256/P-384/P-521"
+            )
+        for alg in sorted(self._pem_algorithms):  # python-jose must take it too, now
             assert public_key is not None
             try:
                 jwk.construct(public_key, alg)
@@ -170,7 +237,20 @@ class JWTVerifier:
                 raise ConfigurationError(
                     f"WS_JWT_PUBLIC_KEY is not a usable {alg} public key: {exc}"
                 ) from None
-        if secret and len(secret.encode()) < 32 and any(a in _HMAC_ALGORITHMS for a in algs):
+        keyless = [
+            alg
+            for alg in public_algs
+            if alg not in self._pem_algorithms
+            and not any(_fits(k, alg) for k in self._jwks.values())
+        ]
+        if keyless:
+            raise ConfigurationError(
+                f"WS_JWT_ALGORITHMS includes {', '.join(keyless)} but no key verifies "
+                f"{'it' if len(keyless) == 1 else 'them'}: set WS_JWT_PUBLIC_KEY (PEM) or "
+                "WS_JWT_JWKS with a matching key, or remove "
+                f"{'it' if len(keyless) == 1 else 'them'} from WS_JWT_ALGORITHMS"
+            )
+        if secret and len(secret.encode()) < 32:
             logger.warning("the JWT secret is shorter than 32 bytes; use a long random secret")
         self._secret = secret
         self._public_key = public_key
@@ -220,7 +300,11 @@ class JWTVerifier:
         if not isinstance(alg, str) or alg not in self.algorithms:
             _refuse(f"algorithm {str(alg)[:20]!r} not allowed")
         key: str | dict[str, Any] | None = (
-            self._secret if alg in _HMAC_ALGORITHMS else self._public_key
+            self._secret
+            if alg in _HMAC_ALGORITHMS
+            else self._public_key
+            if alg in self._pem_algorithms
+            else None
         )
         kid = header.get("kid")
         if self._jwks and kid is not None and alg in _PUBLIC_KEY_ALGORITHMS:
