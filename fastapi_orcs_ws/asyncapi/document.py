@@ -1,47 +1,31 @@
-"""The generated AsyncAPI 3.0 document of an app's event routes, and an offline docs page.
-
-FastAPI's OpenAPI document leaves WebSockets out. :func:`asyncapi_document` describes
-every event route instead: one channel per route (its address is the full path), one
-message per event with the JSON Schema of its payload type, ``receive`` operations for
-what clients send, ``send`` operations for what the server emits, acknowledgements as
-operation replies, and the route's authentication. :func:`mount_docs` serves it as JSON
-and as a self-contained HTML page that needs no network.
-
-Example:
-    ```python
-    app = FastAPI()
-    app.include_router(router)
-    mount_docs(app)  # /asyncapi.json and /ws-docs, linked from /docs
-    ```
-"""
+"""The AsyncAPI 3.0.0 document: servers, channels, messages, operations, components."""
 
 from __future__ import annotations
 
 import inspect
-import json
+import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field
 
-from ._schema_examples import example_for
-from .errors import ConfigurationError
-from .protocol import ErrorCode
-from .routing import LIFECYCLE_EVENTS, EventRoute, event_routes_of
+from ..errors import ConfigurationError
+from ..protocol import ErrorCode
+from ..routing import LIFECYCLE_EVENTS, EventRoute, event_routes_of
+from .examples import example_for
+from .schemas import NO_TYPE, payload_schemas
 
-__all__ = ["add_docs_routes", "add_openapi_link", "asyncapi_document", "mount_docs", "render_page"]
+__all__ = ["ErrorPayload", "ValidationIssue", "asyncapi_document"]
+
+logger = logging.getLogger("fastapi_orcs_ws.asyncapi")
 
 ASYNCAPI_VERSION = "3.0.0"
-SCHEMA_REF = "#/components/schemas/{model}"
 
 Schema = dict[str, Any]
-_NO_TYPE = object()
-"""Sentinel for "no annotation": the schema is ``{}`` (any JSON value)."""
 
 
 class ValidationIssue(BaseModel):
@@ -66,22 +50,41 @@ class ErrorPayload(BaseModel):
     """For ``validation_error``: every problem found, without echoing the input."""
 
 
-# -- the document -------------------------------------------------------------------------
-
-
 def asyncapi_document(
-    app: FastAPI, *, title: str | None = None, version: str | None = None
+    app: FastAPI,
+    *,
+    title: str | None = None,
+    version: str | None = None,
+    server_url: str | None = None,
 ) -> dict[str, Any]:
     """Build the AsyncAPI 3.0.0 document of every event route mounted in ``app``.
 
-    ``title`` and ``version`` default to the app's own.
+    ``title`` and ``version`` default to the app's own. ``server_url`` (``"wss://host/root"``
+    or ``"https://host/root"``) fills ``servers``: its host, the protocol ``ws``/``wss``, and
+    its path as the server's ``pathname`` (the ASGI ``root_path``, which channel addresses do
+    not repeat). Without it the host is the server variable ``{host}`` and the pathname the
+    app's ``root_path``; the served ``/asyncapi.json`` fills both from the request.
+
+    Event names are turned into keys of ``[A-Za-z0-9._-]``; when two names of one route turn
+    into the same key, both are kept (the second gets a ``_2`` suffix) and a WARNING on the
+    ``fastapi_orcs_ws.asyncapi`` logger names them.
+
+    Raises:
+        ConfigurationError: ``server_url`` is not a ``ws``/``wss``/``http``/``https`` URL.
 
     Example:
         ```python
-        doc = asyncapi_document(app)
+        doc = asyncapi_document(app, server_url="wss://chat.example.com")
         doc["channels"]["ws_chat"]["address"]  # "/ws/chat"
         ```
     """
+    server = _server(server_url) if server_url is not None else _placeholder_server(app)
+    return _with_server(_base_document(app, title=title, version=version), server)
+
+
+def _base_document(
+    app: FastAPI, *, title: str | None = None, version: str | None = None
+) -> dict[str, Any]:
     builder = _Builder()
     for path, route in event_routes_of(app):
         builder.add_route(path, route)
@@ -89,6 +92,40 @@ def asyncapi_document(
         title=title or app.title or "WebSocket API",
         version=version or app.version or "0.1.0",
     )
+
+
+def _with_server(document: dict[str, Any], server: dict[str, Any]) -> dict[str, Any]:
+    first = {"asyncapi": document["asyncapi"], "info": document["info"]}
+    return {**first, "servers": {"default": server}, **document}
+
+
+def _server(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    protocol = {"ws": "ws", "http": "ws", "wss": "wss", "https": "wss"}.get(parts.scheme)
+    if protocol is None or not parts.netloc:
+        raise ConfigurationError(
+            f"server_url {url!r}: expected ws://, wss://, http:// or https:// and a host"
+        )
+    server: dict[str, Any] = {"host": parts.netloc, "protocol": protocol}
+    pathname = parts.path.rstrip("/")
+    if pathname:
+        server["pathname"] = pathname
+    return server
+
+
+def _placeholder_server(app: Any) -> dict[str, Any]:
+    server: dict[str, Any] = {
+        "host": "{host}",
+        "protocol": "ws",
+        "description": "Where the app is served; `wss` behind TLS.",
+        "variables": {
+            "host": {"default": "localhost:8000", "description": "The app's host and port."}
+        },
+    }
+    root_path = str(getattr(app, "root_path", "") or "").rstrip("/")
+    if root_path:
+        server["pathname"] = root_path
+    return server
 
 
 @dataclass
@@ -110,31 +147,69 @@ class _Channel:
     id: str
     path: str
     route: EventRoute
-    auth: tuple[bool, bool]
-    """``(enabled, required)``."""
+    auth: dict[str, bool]
+    """``x-auth``: ``enabled``, ``required``, ``verifiable`` (a token can be checked)."""
     messages: list[_Message] = field(default_factory=list)
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+_KEY_CHARS = re.compile(r"[^A-Za-z0-9._\-]")
+
+
+def _key(name: str) -> str:
+    """A key AsyncAPI accepts (``^[A-Za-z0-9._-]+$``): every other character becomes ``_``."""
+    return _KEY_CHARS.sub("_", name) or "_"
+
+
+class _Names:
+    """Unique keys in one namespace; a name whose key is taken gets a suffix, loudly."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.owners: dict[str, str] = {}
+
+    def claim(self, key: str, name: str) -> str:
+        candidate, n = key, 2
+        while candidate in self.owners:
+            candidate, n = f"{key}_{n}", n + 1
+        if candidate != key:
+            logger.warning(
+                "AsyncAPI: %s %s and %s both become the key %r; the second is listed as %r",
+                self.kind,
+                self.owners[key],
+                name,
+                key,
+                candidate,
+            )
+        self.owners[candidate] = name
+        return candidate
 
 
 class _Builder:
     def __init__(self) -> None:
         self.channels: list[_Channel] = []
+        self.channel_ids = _Names("routes")
+        self.operation_ids = _Names("operations")
+        self.message_ids = _Names("messages")
         self.security_needed = False
 
     def add_route(self, path: str, route: EventRoute) -> None:
-        enabled, required = _auth_of(route)
-        channel_id = _unique(_key(path.strip("/") or "root"), {c.id for c in self.channels})
-        channel = _Channel(channel_id, path, route, auth=(enabled, required))
+        channel_id = self.channel_ids.claim(_key(path.strip("/") or "root"), repr(path))
+        channel = _Channel(channel_id, path, route, auth=_auth_of(route))
         self.channels.append(channel)
-        self.security_needed = self.security_needed or enabled
-        security = _security_refs() if enabled else None
+        security = _security_refs() if channel.auth["verifiable"] else None
+        self.security_needed = self.security_needed or security is not None
+        client_keys = _Names(f"events of {path}:")
+        server_keys = _Names(f"server events of {path}:")
+        server_keys.claim("error", repr("error"))
 
         for event in _client_events(route):
             handler = route.handler_for(event)
             assert handler is not None
+            name = client_keys.claim(_key(event), repr(event))
             doc = _docstring(handler.func)
-            payload_type = handler.payload_type if handler.payload_type is not None else _NO_TYPE
-            key = f"client.{_key(event)}"
+            payload_type = handler.payload_type if handler.payload_type is not None else NO_TYPE
+            key = f"client.{name}"
             channel.messages.append(
                 _Message(
                     key,
@@ -146,13 +221,13 @@ class _Builder:
                     description=doc,
                 )
             )
-            ack_key = f"server.ack.{_key(event)}"
+            ack_key = "server." + server_keys.claim(f"ack.{name}", f"the ack of {event!r}")
             channel.messages.append(
                 _Message(
                     ack_key,
                     "ack",
                     "server",
-                    _return_type(handler.func),
+                    _return_type(handler.func, event, path),
                     "serialization",
                     title=f"ack of {event} (server → client)",
                     description=f'Sent when the `{event}` envelope carried an "id".',
@@ -176,10 +251,11 @@ class _Builder:
                 operation["description"] = doc
             if security:
                 operation["security"] = security
-            channel.operations[f"{channel.id}.receive.{_key(event)}"] = operation
+            self._operation(channel, f"{channel.id}.receive.{name}", operation)
 
         for event, payload_type in route.emits.items():
-            key = f"server.{_key(event)}"
+            name = server_keys.claim(_key(event), repr(event))
+            key = f"server.{name}"
             channel.messages.append(
                 _Message(
                     key,
@@ -190,8 +266,10 @@ class _Builder:
                     title=f"{event} (server → client)",
                 )
             )
-            channel.operations[f"{channel.id}.send.{_key(event)}"] = _send_operation(
-                channel.id, key, event, security
+            self._operation(
+                channel,
+                f"{channel.id}.send.{name}",
+                _send_operation(channel.id, key, event, security),
             )
         channel.messages.append(
             _Message(
@@ -206,19 +284,23 @@ class _Builder:
                 + ".",
             )
         )
-        channel.operations[f"{channel.id}.send.error"] = _send_operation(
-            channel.id, "server.error", "error", security
+        self._operation(
+            channel,
+            f"{channel.id}.send.error",
+            _send_operation(channel.id, "server.error", "error", security),
         )
 
+    def _operation(self, channel: _Channel, key: str, operation: dict[str, Any]) -> None:
+        channel.operations[self.operation_ids.claim(key, repr(key))] = operation
+
     def document(self, *, title: str, version: str) -> dict[str, Any]:
-        schemas, definitions = _schemas(
+        schemas, definitions = payload_schemas(
             (id(m), m.mode, m.payload_type) for c in self.channels for m in c.messages
         )
         channels: dict[str, Any] = {}
         operations: dict[str, Any] = {}
         messages: dict[str, Any] = {}
         for channel in self.channels:
-            enabled, required = channel.auth
             body: dict[str, Any] = {"address": _address(channel.path), "messages": {}}
             if channel.route.summary:
                 body["title"] = channel.route.summary
@@ -227,11 +309,13 @@ class _Builder:
             parameters = _parameters(channel.path)
             if parameters:
                 body["parameters"] = parameters
-            body["x-auth"] = {"enabled": enabled, "required": required}
-            if enabled:
+            body["x-auth"] = channel.auth
+            if channel.auth["verifiable"]:
                 body["bindings"] = {"ws": _ws_binding()}
             for message in channel.messages:
-                component = f"{channel.id}.{message.key}"
+                component = self.message_ids.claim(
+                    f"{channel.id}.{message.key}", f"{channel.path} {message.key}"
+                )
                 payload_schema = schemas[id(message)]
                 messages[component] = _message_object(message, payload_schema, definitions)
                 body["messages"][message.key] = {"$ref": f"#/components/messages/{component}"}
@@ -363,52 +447,32 @@ def _envelope(message: _Message, payload: Schema) -> Schema:
     return {"type": "object", "properties": properties, "required": required}
 
 
-def _schemas(
-    items: Iterable[tuple[int, str, Any]],
-) -> tuple[dict[int, Schema], Schema]:
-    """JSON Schemas of every payload type; shared models go to ``components/schemas``."""
-    inputs = []
-    fixed: dict[int, Schema] = {}
-    for key, mode, payload_type in items:
-        if payload_type is _NO_TYPE:
-            fixed[key] = {"description": "Any JSON value."}
-            continue
-        try:
-            adapter = TypeAdapter(payload_type)
-            adapter.json_schema(mode=mode)  # type: ignore[arg-type]
-        except Exception:  # pydantic validates it but has no JSON Schema for it
-            fixed[key] = {"description": f"Any JSON value ({_type_name(payload_type)})."}
-            continue
-        inputs.append((key, mode, adapter))
-    mapping, top = TypeAdapter.json_schemas(inputs, ref_template=SCHEMA_REF)  # type: ignore[arg-type]
-    schemas = {key: schema for (key, _), schema in mapping.items()}
-    schemas.update(fixed)
-    return schemas, dict(top.get("$defs", {}))
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or repr(tp)
-
-
-def _return_type(func: Callable[..., Any]) -> Any:
+def _return_type(func: Callable[..., Any], event: str, path: str) -> Any:
     target = func if inspect.isfunction(func) or inspect.ismethod(func) else type(func).__call__
     try:
         hints = get_type_hints(target)
-    except Exception:  # unresolvable annotations: document "any"
-        return _NO_TYPE
-    if "return" not in hints:
-        return _NO_TYPE
-    return hints["return"]
+    except (NameError, TypeError, AttributeError) as exc:
+        logger.warning(
+            "AsyncAPI: the return annotation of the %r handler on %s cannot be resolved (%s); "
+            "its ack is documented as any JSON value",
+            event,
+            path,
+            exc,
+        )
+        return NO_TYPE
+    return hints.get("return", NO_TYPE)
 
 
-def _auth_of(route: EventRoute) -> tuple[bool, bool]:
-    """``(enabled, required)`` for the route, after the router's and the settings' defaults."""
-    router = route.router
-    try:
-        effective = router.authenticator.for_route(route.auth)
-    except ConfigurationError:  # required without a key: the route will refuse to start
-        return True, True
-    return bool(effective.enabled), bool(effective.required)
+def _auth_of(route: EventRoute) -> dict[str, bool]:
+    """The route's effective auth (after the router's and the settings' defaults)."""
+    authenticator = route.authenticator
+    enabled = bool(authenticator.enabled)
+    return {
+        "enabled": enabled,
+        "required": bool(authenticator.required),
+        # Tokens are listed as a way in only where one can be checked (a key or a verifier).
+        "verifiable": enabled and authenticator.verifier is not None,
+    }
 
 
 def _client_events(route: EventRoute) -> list[str]:
@@ -430,137 +494,3 @@ def _address(path: str) -> str:
 
 def _parameters(path: str) -> dict[str, Any]:
     return {name: {"description": f"The `{name}` path parameter."} for name in _PARAM.findall(path)}
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[^\w.\-]", "_", name)
-
-
-def _unique(key: str, taken: set[str]) -> str:
-    candidate, n = key, 2
-    while candidate in taken:
-        candidate, n = f"{key}_{n}", n + 1
-    return candidate
-
-
-# -- serving -------------------------------------------------------------------------------
-
-
-def mount_docs(
-    app: FastAPI,
-    *,
-    asyncapi_url: str | None = "/asyncapi.json",
-    docs_url: str | None = "/ws-docs",
-    link_from_openapi: bool = True,
-) -> None:
-    """Serve the AsyncAPI document and an offline HTML page describing every event route.
-
-    The document is built on the first request (so routes added later are included) and
-    cached. Pass ``None`` for a URL to leave that route out. With ``link_from_openapi``,
-    the app's description gets a link to the page, so FastAPI's ``/docs`` points at it.
-
-    Example:
-        ```python
-        app = FastAPI()
-        app.include_router(router)
-        mount_docs(app)  # /asyncapi.json and /ws-docs
-        ```
-    """
-    add_docs_routes(app, asyncapi_url=asyncapi_url, docs_url=docs_url)
-    if link_from_openapi and (docs_url or asyncapi_url):
-        add_openapi_link(app, docs_url, asyncapi_url)
-
-
-def add_docs_routes(
-    target: FastAPI | APIRouter,
-    *,
-    asyncapi_url: str | None = "/asyncapi.json",
-    docs_url: str | None = "/ws-docs",
-) -> dict[str, Callable[..., Any]]:
-    """Add the two GET routes to an app or a router; they describe the app serving them.
-
-    Returns their endpoints, by ``"asyncapi"`` and ``"docs"``.
-
-    :class:`~fastapi_orcs_ws.WebSocketRouter` calls this for itself, so the docs come
-    with the router; :func:`mount_docs` calls it on an app.
-    """
-    endpoints: dict[str, Callable[..., Any]] = {}
-    if asyncapi_url is not None:
-
-        async def asyncapi_json(request: Request) -> JSONResponse:
-            return JSONResponse(_document_of(request.app))
-
-        target.add_api_route(asyncapi_url, asyncapi_json, methods=["GET"], include_in_schema=False)
-        endpoints["asyncapi"] = asyncapi_json
-
-    if docs_url is not None:
-
-        async def ws_docs(request: Request) -> HTMLResponse:
-            cache = _cache_of(request.app)
-            key = f"page {asyncapi_url} {docs_url}"
-            if key not in cache:
-                page = render_page(
-                    _document_of(request.app), asyncapi_url=asyncapi_url, docs_url=docs_url
-                )
-                cache[key] = page
-            return HTMLResponse(cache[key])
-
-        target.add_api_route(docs_url, ws_docs, methods=["GET"], include_in_schema=False)
-        endpoints["docs"] = ws_docs
-    return endpoints
-
-
-def _cache_of(app: Any) -> dict[str, Any]:
-    # Built on the first request (so routes added after the router are listed), then kept.
-    state = app.state
-    cache: dict[str, Any] | None = getattr(state, "fastapi_orcs_ws_docs", None)
-    if cache is None:
-        cache = {}
-        state.fastapi_orcs_ws_docs = cache
-    return cache
-
-
-def _document_of(app: Any) -> dict[str, Any]:
-    cache = _cache_of(app)
-    if "document" not in cache:
-        cache["document"] = asyncapi_document(app)
-    return cache["document"]  # type: ignore[no-any-return]
-
-
-def add_openapi_link(app: FastAPI, docs_url: str | None, asyncapi_url: str | None) -> None:
-    """Add links to the event docs to the app's description (so FastAPI's ``/docs`` shows them)."""
-    root = app.root_path.rstrip("/")
-    links = []
-    if docs_url is not None:
-        links.append(f"[WebSocket events]({root}{docs_url})")
-    if asyncapi_url is not None:
-        links.append(f"[AsyncAPI document]({root}{asyncapi_url})")
-    line = "WebSocket API: " + " · ".join(links)
-    if line in (app.description or ""):
-        return
-    app.description = f"{app.description}\n\n{line}" if app.description else line
-    app.openapi_schema = None  # rebuilt with the new description on the next /openapi.json
-
-
-def render_page(
-    document: dict[str, Any], *, asyncapi_url: str | None = None, docs_url: str | None = None
-) -> str:
-    """The self-contained HTML page for ``document`` (inline CSS and JS, no network)."""
-    template = resources.files(__package__).joinpath("static/ws-docs.html").read_text("utf-8")
-    data = _script_json(document)
-    title = str(document.get("info", {}).get("title", "WebSocket API"))
-    return (
-        template.replace("{{TITLE}}", _html_escape(title))
-        .replace("{{ASYNCAPI_URL}}", _script_json(asyncapi_url))
-        .replace("{{DOCS_URL}}", _script_json(docs_url))
-        .replace("{{DOCUMENT}}", data)
-    )
-
-
-def _script_json(value: Any) -> str:
-    # "<" escaped so no string in the document can close the <script> element.
-    return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c")
-
-
-def _html_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
