@@ -46,7 +46,7 @@ import json
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -367,14 +367,25 @@ class Client:
             self._positions.pop(payload["room"], None)
         return payload
 
-    async def _request(self, event: str, payload: Any, timeout: float | None, *, auto: bool) -> Any:
-        loop = asyncio.get_running_loop()
+    def _request(
+        self, event: str, payload: Any, timeout: float | None, *, auto: bool
+    ) -> Coroutine[Any, Any, Any]:
+        """Queue the request now (frames keep their order); the coroutine waits for the answer."""
         msg_id = next(self._ids)
-        pending = _Pending(event, payload, loop.create_future(), auto=auto)
+        pending = _Pending(event, payload, asyncio.get_running_loop().create_future(), auto=auto)
         self._pending[msg_id] = pending
-        limit = self._timeout if timeout is None else timeout
         try:
             done = self._queue(event, payload, msg_id)
+        except BaseException:
+            self._pending.pop(msg_id, None)
+            raise
+        limit = self._timeout if timeout is None else timeout
+        return self._answer(event, msg_id, pending, done, limit)
+
+    async def _answer(
+        self, event: str, msg_id: int, pending: _Pending, done: asyncio.Future[None], limit: float
+    ) -> Any:
+        try:
             async with asyncio.timeout(limit):
                 await done
                 return await pending.future
@@ -531,7 +542,10 @@ class Client:
         self._open_event.set()
         try:
             if self._opened > 1:
+                # Rejoins go first (recovery before anything new), then what waited.
+                waiting, self._buffer = self._buffer, deque()
                 self._rejoin()
+                self._buffer.extend(waiting)
             self._flush()
             self._fire("open", {"reconnected": self._opened > 1})
             async for message in ws:

@@ -18,6 +18,7 @@ export const DEFAULT_RECONNECT = Object.freeze({ initialDelay: 500, maxDelay: 10
 export const LIFECYCLE_EVENTS = Object.freeze(["open", "close", "reconnect", "recovery"]);
 
 const MAX_TIMER_MS = 2 ** 31 - 1; // setTimeout fires at once for anything longer
+const CLOSE_TIMEOUT_MS = 5_000; // close() gives up waiting for the peer's close frame after this
 const UNAUTHORIZED = 4401;
 const FORBIDDEN = 4403;
 const NORMAL = 1000;
@@ -173,9 +174,16 @@ export class Client {
       this.#closing = { code, reason };
       clearTimeout(this.#timer);
       const ws = this.#ws;
-      if (ws && ws.readyState <= 1) {
-        ws.close(code, reason); // the socket's close event finishes the job
+      if (ws && ws.readyState === 1) {
+        ws.close(code, reason); // the socket's close event finishes the job...
+        // ...or this, if the peer never answers the close frame.
+        this.#timer = setTimeout(() => this.#stop({ code, reason, wasClean: false }), CLOSE_TIMEOUT_MS);
       } else {
+        if (ws) {
+          // A socket still connecting: abort it. (Node's WebSocket fires no close event then.)
+          ws.onopen = ws.onmessage = ws.onclose = null;
+          ws.close();
+        }
         this.#stop({ code, reason, wasClean: true });
       }
     });
@@ -304,7 +312,16 @@ export class Client {
     ws.onopen = () => this.#onOpen(ws);
     ws.onmessage = (message) => this.#onMessage(message.data);
     ws.onclose = (event) => this.#onClose(ws, event, token);
-    // "error" is always followed by "close", which decides what happens next.
+    ws.onerror = () => {
+      // "error" is followed by "close", which decides what happens next; except in Node, whose
+      // WebSocket may fire no "close" for a connection that failed to open (nodejs/undici#3546).
+      if (ws.readyState !== 0) return;
+      setTimeout(() => {
+        if (ws !== this.#ws || ws.readyState === 1) return;
+        ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+        this.#onClose(ws, { code: 1006, reason: "", wasClean: false }, token);
+      }, 0);
+    };
   }
 
   #onOpen(ws) {
