@@ -11,14 +11,16 @@ from .auth import (
     current_user,
     optional_user,
 )
-from .connection import Connection, ConnectionData
+from .connection import Connection, ConnectionData, ConnectionState
 from .errors import (
     AuthenticationError,
     BackendError,
     ConfigurationError,
     EventError,
+    ManagerStoppedError,
     WebSocketError,
 )
+from .handlers import get_connection
 from .manager import Stats, WebSocketManager
 from .protocol import CloseCode, ErrorCode
 from .routing import EventRoute, WebSocketRouter, get_manager
@@ -37,10 +39,12 @@ __all__ = [
     "ConfigurationError",
     "Connection",
     "ConnectionData",
+    "ConnectionState",
     "ErrorCode",
     "EventError",
     "EventRoute",
     "JWTVerifier",
+    "ManagerStoppedError",
     "Stats",
     "TokenVerifier",
     "User",
@@ -51,6 +55,7 @@ __all__ = [
     "__version__",
     "asyncapi_document",
     "current_user",
+    "get_connection",
     "get_manager",
     "mount_docs",
     "optional_user",

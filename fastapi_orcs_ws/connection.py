@@ -1,25 +1,24 @@
-"""One client connection: its data, its outbound queue and the writer task that drains it."""
+"""One client connection: its data, its state and the way frames reach it."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import contextvars
 import logging
-from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-import anyio
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket
 
+from ._outbox import AsgiSend, Message, Outbox, SendPolicy, settle
 from .protocol import CloseCode, truncate_reason, validate_close_code
 
 if TYPE_CHECKING:
     from .manager import WebSocketManager
 
-__all__ = ["Connection", "ConnectionData"]
+__all__ = ["Connection", "ConnectionData", "ConnectionState"]
 
 logger = logging.getLogger("fastapi_orcs_ws")
 
@@ -41,52 +40,24 @@ class ConnectionData:
     """Free space for the application."""
 
 
-_PEER_GONE = (OSError, RuntimeError, WebSocketDisconnect)
+class ConnectionState(Enum):
+    """Where a connection is in its life. It only moves forward."""
 
-
-class _Resume:
-    """Awaitable finishing a send coroutine that was started synchronously and blocked.
-
-    Equivalent to ``yield from`` on a coroutine that already took its first step.
-    """
-
-    __slots__ = ("_blocked_on", "_coro")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], blocked_on: Any) -> None:
-        self._coro = coro
-        self._blocked_on = blocked_on
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, value = self._coro, self._blocked_on
-        while True:
-            try:
-                sent = yield value
-            except BaseException as exc:  # cancellation and errors go into the send
-                try:
-                    value = coro.throw(exc)
-                except StopIteration:
-                    return
-                continue
-            try:
-                value = coro.send(sent)
-            except StopIteration:
-                return
-
-
-class _Close:
-    __slots__ = ("code", "reason")
-
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
+    OPEN = "open"
+    """Frames are delivered."""
+    CLOSING = "closing"
+    """A close was asked for (by either side); new frames are dropped."""
+    CLOSED = "closed"
+    """The connection ended; ``close_code`` says how."""
 
 
 class Connection:
     """A connected client, passed to every handler as ``ws``.
 
-    Outbound frames go through a bounded queue drained by one writer task, so a
-    client that stops reading never delays anyone else: when its queue is full it
-    is disconnected with close code 4429 (:attr:`CloseCode.SLOW_CONSUMER`).
+    Frames are written in order. A client that keeps up is written to at once; one that
+    falls behind makes ``await ws.send(...)`` (and broadcasts that reach it) wait, and one
+    that stops reading is closed with 4429 (:attr:`CloseCode.SLOW_CONSUMER`): see
+    docs/lifecycle.md for the exact rule and its settings.
 
     Example:
         ```python
@@ -96,15 +67,11 @@ class Connection:
     """
 
     __slots__ = (
-        "_close_timeout",
-        "_closed",
-        "_closer",
-        "_in_flight",
-        "_max_queue",
-        "_on_overflow",
-        "_queue",
-        "_receive_scope",
-        "_writer",
+        "_on_slow",
+        "_on_stalled",
+        "_outbox",
+        "_server_closed",
+        "_state",
         "close_code",
         "close_reason",
         "data",
@@ -116,22 +83,26 @@ class Connection:
         websocket: WebSocket,
         data: ConnectionData,
         *,
-        max_queue: int,
-        close_timeout: float,
+        send: AsgiSend | None = None,
+        policy: SendPolicy,
+        context: contextvars.Context | None = None,
+        on_slow: Callable[[Connection, str], None] | None = None,
     ) -> None:
         self.websocket = websocket
         self.data = data
-        self._queue: deque[str | _Close] = deque()
-        self._max_queue = max_queue
-        self._close_timeout = close_timeout
-        self._writer: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None
-        self._in_flight: _Resume | None = None
-        self._closed = False
-        self._receive_scope: anyio.CancelScope | None = None
-        self._on_overflow: Any = None
+        self._state = ConnectionState.OPEN
+        self._server_closed = False
+        self._on_slow = on_slow
+        self._on_stalled: Callable[[], None] | None = None
+        self._outbox = Outbox(
+            send if send is not None else websocket.send,
+            policy,
+            context=context if context is not None else contextvars.copy_context(),
+            on_stalled=self._stalled,
+        )
         self.close_code: int | None = None
-        """How the connection ended (or is ending): the first close code, from either side."""
+        """How the connection ended: the code of the first close frame either side sent,
+        4429 when it was dropped as a slow consumer, 1006 when no close frame was seen."""
         self.close_reason = ""
 
     @classmethod
@@ -146,8 +117,9 @@ class Connection:
             raise RuntimeError("this client's connection was held by a process that died")
 
         scope = {"type": "websocket", "path": path, "headers": [], "query_string": b""}
-        conn = cls(WebSocket(scope, no_peer, no_peer), data, max_queue=1, close_timeout=0.1)
-        conn._closed = True
+        policy = SendPolicy(max_frames=1, max_bytes=1, stall_timeout=0.1, close_timeout=0.1)
+        conn = cls(WebSocket(scope, no_peer, no_peer), data, policy=policy)
+        conn.ended(CloseCode.ABNORMAL, "node lost")
         return conn
 
     @property
@@ -156,153 +128,115 @@ class Connection:
         return self.data.client_id
 
     @property
+    def state(self) -> ConnectionState:
+        """:class:`ConnectionState`: open, closing or closed."""
+        return self._state
+
+    @property
     def closed(self) -> bool:
         """True once the connection is closing or closed; sends are then dropped."""
-        return self._closed
+        return self._state is not ConnectionState.OPEN
+
+    @property
+    def closed_by_server(self) -> bool:
+        """True once this side asked to close (a kick, an expiry, a refusal, a slow consumer)."""
+        return self._server_closed
 
     @property
     def queued(self) -> int:
         """Frames waiting to be written to this client."""
-        return len(self._queue)
+        return self._outbox.queued
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes (of text, UTF-8 characters counted as one) waiting to be written."""
+        return self._outbox.queued_bytes
+
+    # -- sending -----------------------------------------------------------------------------
 
     async def send(self, event: str, payload: Any = None) -> bool:
-        """Queue ``{"event": event, "payload": payload}`` for this client.
+        """Send ``{"event": event, "payload": payload}`` to this client.
 
-        Returns False if the connection is closing (the frame is dropped).
+        Waits while the client is behind (flow control, see docs/lifecycle.md). Returns
+        False if the connection is closing or closed: the frame is dropped.
+
+        Raises:
+            EncodeError: ``payload`` cannot be encoded as strict JSON.
         """
-        return self.send_frame(self.data.manager.encode_event(event, payload))
+        return await self.send_frame_async(self.data.manager.encode_event(event, payload))
+
+    async def send_frame_async(self, frame: str) -> bool:
+        """:meth:`send` for an already-encoded text frame."""
+        pending: list[Any] = []
+        sent = self._outbox.offer({"type": "websocket.send", "text": frame}, pending)
+        if pending:
+            await settle(pending)
+        return sent
 
     def send_frame(self, frame: str) -> bool:
-        """Send an already-encoded text frame, or queue it; never blocks."""
-        return self.send_message({"type": "websocket.send", "text": frame})
+        """Queue an already-encoded text frame without waiting (no flow control)."""
+        return self._outbox.offer({"type": "websocket.send", "text": frame}, None)
 
-    def send_message(self, message: dict[str, Any]) -> bool:
-        """:meth:`send_frame` for a ready ``websocket.send`` ASGI message.
+    def deliver(self, message: Message, pending: list[Any] | None) -> bool:
+        """Hand a ready ``websocket.send`` ASGI message to this client (used by fan-out).
 
-        A broadcast builds one message and hands it to every recipient; it is never mutated.
+        With ``pending`` (a list the caller settles, see ``_outbox.settle``) the frame is
+        written at once when the client is idle; the message is shared by every recipient
+        and never mutated. False if the connection no longer takes frames.
         """
-        if self._closed:
-            return False
-        if self._writer is None:
-            # Nothing queued, nothing in flight: write in the caller's task, which costs no
-            # task switch. Only if the peer's socket is full does a writer task take over.
-            send = self.websocket.send(message)
-            try:
-                blocked_on = send.send(None)
-            except StopIteration:
-                return True
-            except _PEER_GONE as exc:
-                self._peer_gone(exc)
-                return False
-            self._in_flight = _Resume(send, blocked_on)
-            self._start_writer()
-            return True
-        queue = self._queue
-        if len(queue) >= self._max_queue:
-            self._overflow()
-            return False
-        queue.append(message["text"])
-        return True
+        return self._outbox.offer(message, pending)
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close after the frames already queued have been written.
 
         ``code`` must be a code an application may send (1000-1003, 1007-1014,
-        3000-4999); ``reason`` is cut to the 123 bytes a close frame allows.
+        3000-4999, RFC 6455 section 7.4); ``reason`` is cut to the 123 bytes of UTF-8 a
+        close frame allows. Raises ``ValueError`` for any other code.
         """
-        self.close_nowait(code, reason)
+        pending: list[Any] = []
+        self._close(code, reason, pending)
+        if pending:
+            await settle(pending)
 
     def close_nowait(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """:meth:`close` for synchronous code: queue the close frame and return."""
-        validate_close_code(code)
-        if self._closed:
-            return
-        self._closed = True
-        reason = truncate_reason(reason)
-        self._ended(code, reason)
-        self._queue.append(_Close(code, reason))
-        if self._writer is None:
-            self._start_writer()
+        self._close(code, reason, None)
 
-    def _ended(self, code: int, reason: str) -> None:
+    def _close(self, code: int, reason: str, pending: list[Any] | None) -> None:
+        validate_close_code(code)
+        if self._state is not ConnectionState.OPEN:
+            return
+        self._state = ConnectionState.CLOSING
+        self._server_closed = True
+        message = {"type": "websocket.close", "code": code, "reason": truncate_reason(reason)}
+        self._outbox.offer(message, pending)
+
+    # -- driven by the session -----------------------------------------------------------------
+
+    def ended(self, code: int, reason: str = "") -> None:
+        """Record how the connection ended (the first report wins) and stop taking frames."""
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
+        self._state = ConnectionState.CLOSED
+        self._outbox.drop()
 
-    # -- lifecycle, driven by the route -------------------------------------------------
+    def on_stalled(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the client is dropped as a slow consumer (the session ends)."""
+        self._on_stalled = callback
 
-    def _start_writer(self) -> None:
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+    def _stalled(self, why: str) -> None:
+        self._server_closed = True
+        self.ended(CloseCode.SLOW_CONSUMER, "slow consumer")
+        if self._on_slow is not None:
+            self._on_slow(self, why)
+        if self._on_stalled is not None:
+            self._on_stalled()
 
-    async def _stop(self) -> None:
-        """Stop writing: called once the receive loop has ended."""
-        self._closed = True
-        writer = self._writer
-        if writer is None or writer.done():
-            return
-        if self.websocket.application_state == WebSocketState.CONNECTED:
-            # Let a pending close (a kick, a 1009) go out, but never wait on a stalled peer.
-            with anyio.move_on_after(self._close_timeout):
-                await asyncio.shield(writer)
-        writer.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.wait([writer])
-
-    def _peer_gone(self, exc: BaseException) -> None:
-        logger.debug("writing to %s failed: %r", self.data.client_id, exc)
-        self._closed = True
-        self._ended(CloseCode.ABNORMAL, "")
-        self._queue.clear()
-        self._end_receive()
-
-    def _overflow(self) -> None:
-        """The client stopped reading: drop its backlog and close it with 4429."""
-        self._closed = True
-        self._ended(CloseCode.SLOW_CONSUMER, "slow consumer")
-        self._queue.clear()
-        writer = self._writer
-        if writer is not None:
-            writer.cancel()
-        if self._on_overflow is not None:
-            self._on_overflow(self)
-        # Held on the connection: the event loop keeps only weak references to tasks.
-        self._closer = asyncio.get_running_loop().create_task(self._close_stalled(writer))
-
-    async def _close_stalled(self, writer: asyncio.Task[None] | None) -> None:
-        if writer is not None:
-            await asyncio.wait([writer])
-        with anyio.move_on_after(self._close_timeout):
-            await self._send_close(CloseCode.SLOW_CONSUMER, "slow consumer")
-        self._end_receive()
-
-    async def _send_close(self, code: int, reason: str) -> None:
-        if self.websocket.application_state != WebSocketState.CONNECTED:
-            return
-        with contextlib.suppress(OSError, RuntimeError, WebSocketDisconnect):  # peer gone
-            await self.websocket.send({"type": "websocket.close", "code": code, "reason": reason})
-
-    def _end_receive(self) -> None:
-        if self._receive_scope is not None:
-            self._receive_scope.cancel()
-
-    async def _write_loop(self) -> None:
-        """Finish a blocked write, drain the queue, then exit: the connection is idle again."""
-        queue = self._queue
-        send = self.websocket.send
-        try:
-            if self._in_flight is not None:
-                await self._in_flight
-                self._in_flight = None
-            while queue:
-                item = queue.popleft()
-                if isinstance(item, _Close):
-                    queue.clear()
-                    await self._send_close(item.code, item.reason)
-                    self._end_receive()
-                    return
-                await send({"type": "websocket.send", "text": item})
-        except _PEER_GONE as exc:
-            self._peer_gone(exc)
-        finally:
-            # No await since the queue was last seen empty, so no frame can be stranded.
-            self._writer = None
+    async def aclose(self) -> None:
+        """Stop writing: bounded wait for the writer, then the 4429 close owed, if any."""
+        owed = None
+        if self.close_code == CloseCode.SLOW_CONSUMER:
+            owed = {"type": "websocket.close", "code": self.close_code, "reason": self.close_reason}
+        self._state = ConnectionState.CLOSED
+        await self._outbox.aclose(owed)

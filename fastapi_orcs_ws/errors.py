@@ -6,7 +6,8 @@
     ├── EventError            a handler's chosen ``error`` event (connection stays open)
     ├── AuthenticationError   bad or missing credentials; closes with 4401
     ├── ConfigurationError    invalid settings or route definitions, at start-up
-    └── BackendError          the membership/delivery backend failed
+    ├── BackendError          the membership/delivery backend failed
+    └── ManagerStoppedError   a stopped manager was asked to deliver or change membership
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "BackendError",
     "ConfigurationError",
     "EventError",
+    "ManagerStoppedError",
     "WebSocketError",
 ]
 
@@ -54,3 +56,8 @@ class ConfigurationError(WebSocketError):
 
 class BackendError(WebSocketError):
     """The backend could not complete an operation."""
+
+
+class ManagerStoppedError(WebSocketError, RuntimeError):
+    """A stopped :class:`~fastapi_orcs_ws.WebSocketManager` was asked to deliver or change
+    membership; it restarts only through ``await manager.start()``."""

@@ -12,7 +12,9 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
+from ._outbox import PENDING, settle
 from .backends import Backend, backend_from_url
+from .errors import ManagerStoppedError
 from .protocol import CloseCode, encode, truncate_reason, validate_close_code
 from .settings import WebSocketSettings
 
@@ -86,9 +88,7 @@ class WebSocketManager:
             if v is not None
         }
         base = settings if settings is not None else WebSocketSettings()
-        self.settings: WebSocketSettings = (
-            base.model_copy(update=overrides) if overrides else base
-        )
+        self.settings: WebSocketSettings = base.model_copy(update=overrides) if overrides else base
         if backend is None:
             backend = self.settings.backend_url
         self.backend: Backend = backend_from_url(backend) if isinstance(backend, str) else backend
@@ -100,6 +100,7 @@ class WebSocketManager:
         self._drained = asyncio.Event()
         self._drained.set()
         self._started = False
+        self._stopped = False
         self._start_lock = asyncio.Lock()
         self._slow_consumers = 0
         self._emit_checks: dict[str, TypeAdapter[Any]] = {}
@@ -115,13 +116,28 @@ class WebSocketManager:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the backend. Called by the router's lifespan, or lazily on first use."""
+        """Start the backend. Called by the router's lifespan, or lazily on first use.
+
+        A stopped manager starts again only through this call (an app's lifespan run twice,
+        as a test client does); the delivery and membership methods never restart it.
+        """
         if self._started:
             return
         async with self._start_lock:
             if not self._started:
                 await self.backend.start(self)
                 self._started = True
+                self._stopped = False
+
+    async def _ready(self) -> None:
+        if self._started:
+            return
+        if self._stopped:
+            raise ManagerStoppedError(
+                "this WebSocketManager was stopped (its app shut down); start it again with "
+                "`await manager.start()` or use it inside the app's lifespan"
+            )
+        await self.start()
 
     async def stop(self) -> None:
         """Close every local connection (1001), let their disconnect logic run, stop the backend."""
@@ -134,6 +150,7 @@ class WebSocketManager:
             await self._drained.wait()
         await self.backend.stop()
         self._started = False
+        self._stopped = True
 
     async def __aenter__(self) -> WebSocketManager:
         await self.start()
@@ -162,27 +179,27 @@ class WebSocketManager:
 
     async def join_room(self, client_id: str, room: str) -> bool:
         """Put a client in a room; False if the client is not connected."""
-        await self.start()
+        await self._ready()
         return await self.backend.join(client_id, room)
 
     async def leave_room(self, client_id: str, room: str) -> bool:
         """Take a client out of a room (an empty room disappears); False if it was not in it."""
-        await self.start()
+        await self._ready()
         return await self.backend.leave(client_id, room)
 
     async def get_room_clients(self, room: str) -> set[str]:
         """The ids of the clients in ``room``."""
-        await self.start()
+        await self._ready()
         return await self.backend.room_clients(room)
 
     async def get_client_rooms(self, client_id: str) -> set[str]:
         """The rooms ``client_id`` is in."""
-        await self.start()
+        await self._ready()
         return await self.backend.client_rooms(client_id)
 
     async def get_stats(self) -> Stats:
         """Connections, rooms and average room size (across all processes)."""
-        await self.start()
+        await self._ready()
         counts = await self.backend.stats()
         return Stats(
             connections=counts.connections,
@@ -198,26 +215,45 @@ class WebSocketManager:
 
     async def broadcast(self, event: str, payload: Any = None, *, exclude: Exclude = None) -> int:
         """Send to every connected client; returns how many it was addressed to."""
-        await self.start()
+        await self._ready()
         frame = self.encode_event(event, payload)
-        sent = await self.backend.publish_all(frame, _exclude(exclude))
-        await _let_writers_run()
+        pending: list[Any] = []
+        token = PENDING.set(pending)
+        try:
+            sent = await self.backend.publish_all(frame, _exclude(exclude))
+        finally:
+            PENDING.reset(token)
+        await _finish_fan_out(pending)
         return sent
 
     async def broadcast_to_room(
         self, room: str, event: str, payload: Any = None, *, exclude: Exclude = None
     ) -> int:
         """Send to every client in ``room`` except ``exclude``; returns how many."""
-        await self.start()
+        await self._ready()
         frame = self.encode_event(event, payload)
-        sent = await self.backend.publish_room(room, frame, _exclude(exclude))
-        await _let_writers_run()
+        pending: list[Any] = []
+        token = PENDING.set(pending)
+        try:
+            sent = await self.backend.publish_room(room, frame, _exclude(exclude))
+        finally:
+            PENDING.reset(token)
+        await _finish_fan_out(pending)
         return sent
 
     async def send_to_client(self, client_id: str, event: str, payload: Any = None) -> bool:
         """Send to one client; False if it is not connected."""
-        await self.start()
-        return await self.backend.publish_client(client_id, self.encode_event(event, payload))
+        await self._ready()
+        frame = self.encode_event(event, payload)
+        pending: list[Any] = []
+        token = PENDING.set(pending)
+        try:
+            sent = await self.backend.publish_client(client_id, frame)
+        finally:
+            PENDING.reset(token)
+        if pending:
+            await settle(pending)
+        return sent
 
     async def send(self, ws: Connection, event: str, payload: Any = None) -> bool:
         """Send to a connection you hold (the spec's ``manager.send(ws, ...)``)."""
@@ -228,7 +264,7 @@ class WebSocketManager:
     ) -> bool:
         """Close a client's connection; False if it is not connected."""
         validate_close_code(code)
-        await self.start()
+        await self._ready()
         return await self.backend.disconnect_client(client_id, code, truncate_reason(reason))
 
     def encode_event(self, event: str, payload: Any = None) -> str:
@@ -269,10 +305,9 @@ class WebSocketManager:
         self._route_gone[route] = handler
 
     async def _register(self, conn: Connection, route: str = "") -> None:
-        await self.start()
+        await self._ready()
         self._connections[conn.data.client_id] = conn
         self._drained.clear()
-        conn._on_overflow = self._count_slow_consumer
         await self.backend.add_client(conn.data.client_id, {"route": route} if route else None)
 
     async def _unregister(self, conn: Connection) -> None:
@@ -286,12 +321,12 @@ class WebSocketManager:
         except Exception:
             logger.exception("backend failed to remove client %s", client_id)
 
-    def _count_slow_consumer(self, conn: Connection) -> None:
+    def _count_slow_consumer(self, conn: Connection, why: str) -> None:
         self._slow_consumers += 1
         logger.warning(
-            "client %s stopped reading (%d frames queued); disconnecting with %d",
+            "client %s is not keeping up (%s); disconnecting with %d",
             conn.data.client_id,
-            self.settings.send_queue_size,
+            why,
             CloseCode.SLOW_CONSUMER,
         )
 
@@ -302,18 +337,20 @@ class WebSocketManager:
     ) -> int:
         # The hot path of every broadcast. One ASGI message for all recipients, and no
         # copies: sending never changes membership synchronously (a failing peer is
-        # cleaned up by its own task, later).
+        # cleaned up by its own session, later). Inside a manager call, idle recipients are
+        # written to at once; what is left is settled by the caller (see _outbox.PENDING).
         message = {"type": "websocket.send", "text": frame}
+        pending = PENDING.get()
         conns = self._connections
         sent = 0
         if client_ids is None:
             if exclude:
                 for client_id, conn in conns.items():
-                    if client_id not in exclude and conn.send_message(message):
+                    if client_id not in exclude and conn.deliver(message, pending):
                         sent += 1
             else:
                 for conn in conns.values():
-                    if conn.send_message(message):
+                    if conn.deliver(message, pending):
                         sent += 1
             return sent
         get = conns.get
@@ -321,7 +358,7 @@ class WebSocketManager:
             if exclude and client_id in exclude:
                 continue
             target = get(client_id)
-            if target is not None and target.send_message(message):
+            if target is not None and target.deliver(message, pending):
                 sent += 1
         return sent
 
@@ -348,11 +385,13 @@ class WebSocketManager:
                 logger.exception("disconnect logic for vanished clients failed")
 
 
-async def _let_writers_run() -> None:
-    # A client whose socket filled up mid-burst drains only when the event loop runs (its
-    # transport resumes, its writer task continues); yielding once per broadcast means a
-    # tight loop of broadcasts cannot overflow the queues of clients that do read.
-    await asyncio.sleep(0)
+async def _finish_fan_out(pending: list[Any]) -> None:
+    if pending:
+        # Writes that could not finish at once, and recipients that are behind.
+        await settle(pending)
+    else:
+        # Fairness: a tight loop of broadcasts still lets every other task run.
+        await asyncio.sleep(0)
 
 
 def _exclude(exclude: Exclude) -> Collection[str]:

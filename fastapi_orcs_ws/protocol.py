@@ -62,6 +62,8 @@ class ErrorCode(StrEnum):
     RESERVED_EVENT = "reserved_event"
     VALIDATION_ERROR = "validation_error"
     INTERNAL_ERROR = "internal_error"
+    HTTP_ERROR = "http_error"
+    """A handler raised FastAPI's ``HTTPException``; the event carries its ``status``."""
 
 
 class ProtocolError(Exception):

@@ -1,39 +1,32 @@
-"""WebSocketRouter and event routes: handshake, receive loop and dispatch."""
+"""WebSocketRouter and event routes: registration, route discovery, ``get_manager``.
+
+A connection's life (handshake, reader, dispatch, clean-up) is in :mod:`.session`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-import uuid
+import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import anyio
 import fastapi.routing
 from fastapi import APIRouter, params
-from pydantic import ValidationError
 from starlette.requests import HTTPConnection
-from starlette.types import Lifespan
+from starlette.types import Lifespan, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from ._context import SCOPE_ASGI_RECEIVE, SCOPE_ASGI_SEND, SCOPE_AUTHENTICATOR, SCOPE_CONNECTION
+from ._context import SCOPE_MANAGER as SCOPE_MANAGER
 from ._redact import install_log_redaction
 from .auth import Authenticator, AuthOptions
-from .connection import Connection, ConnectionData
-from .errors import AuthenticationError, EventError
-from .handlers import EventHandler, InvalidPayload, compile_handler
+from .dependencies import validate_handshake
+from .errors import ConfigurationError
+from .handlers import EventHandler, compile_handler
 from .manager import WebSocketManager
-from .protocol import (
-    RESERVED_EVENTS,
-    CloseCode,
-    ErrorCode,
-    ProtocolError,
-    decode_envelope,
-    encode,
-    encode_error,
-)
+from .protocol import RESERVED_EVENTS
+from .session import run_session, run_vanished
 from .settings import WebSocketSettings
 
 __all__ = ["EventRoute", "WebSocketRouter", "get_manager"]
@@ -41,10 +34,8 @@ __all__ = ["EventRoute", "WebSocketRouter", "get_manager"]
 logger = logging.getLogger("fastapi_orcs_ws")
 
 F = TypeVar("F", bound=Callable[..., Any])
-SCOPE_CONNECTION = "fastapi_orcs_ws.connection"
-SCOPE_MANAGER = "fastapi_orcs_ws.manager"
-SCOPE_AUTHENTICATOR = "fastapi_orcs_ws.authenticator"
 LIFECYCLE_EVENTS = ("connect", "disconnect")
+_ = (SCOPE_AUTHENTICATOR, SCOPE_CONNECTION)  # re-exported: older imports name them here
 
 
 class EventRoute:
@@ -68,13 +59,33 @@ class EventRoute:
         emits: Mapping[str, Any] | None,
         summary: str | None,
         description: str | None,
+        subprotocols: Sequence[str] = (),
+        concurrency: int = 1,
     ) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(
+                f"route {path!r}: concurrency must be an integer >= 1, got {concurrency!r}"
+            )
+        if isinstance(subprotocols, str):
+            raise ConfigurationError(
+                f"route {path!r}: subprotocols is a list of names, e.g. [{subprotocols!r}]"
+            )
+        for proto in subprotocols:
+            if not isinstance(proto, str) or not _TOKEN_CHARS.fullmatch(proto) or proto == "token":
+                raise ConfigurationError(
+                    f"route {path!r}: {proto!r} is not a usable subprotocol name (RFC 6455 "
+                    "section 4.1: an HTTP token; 'token' is the JWT transport)"
+                )
         self.router = router
         self.path = path
         self.auth = auth
         self.emits: dict[str, Any] = dict(emits or {})
         self.summary = summary
         self.description = description
+        self.subprotocols: tuple[str, ...] = tuple(subprotocols)
+        """Subprotocols this route speaks, in order of preference (RFC 6455 section 1.9)."""
+        self.concurrency = concurrency
+        """How many of one connection's events may be handled at once (1: in receive order)."""
         self.handlers: dict[str, EventHandler] = {}
         # Merged once here, so a route that requires auth without a key fails at start-up.
         self.authenticator = router.authenticator.for_route(auth)
@@ -99,7 +110,7 @@ class EventRoute:
             raise ValueError("event names are non-empty strings")
         if event in RESERVED_EVENTS and event not in LIFECYCLE_EVENTS:
             raise ValueError(f"{event!r} is reserved for the server's replies")
-        self.handlers[event] = compile_handler(event, handler)
+        self.handlers[event] = compile_handler(event, handler, path=self.path)
 
     def emit(self, event: str, model: Any) -> None:
         """Declare that this route sends ``event`` with payloads of type ``model``."""
@@ -107,206 +118,37 @@ class EventRoute:
         self.manager.declare_emits({event: model})
 
     def handler_for(self, event: str) -> EventHandler | None:
+        """The route's handler for ``event``, else the manager's (``manager.on``), else None."""
         handler = self.handlers.get(event)
         if handler is None and event in self.manager.handlers:
-            handler = compile_handler(event, self.manager.handlers[event])
+            handler = compile_handler(event, self.manager.handlers[event], path=self.path)
             self.handlers[event] = handler
         return handler
 
-    # -- the connection's life ----------------------------------------------------------
+    def select_subprotocol(self, offered: Sequence[str]) -> str | None:
+        """The subprotocol to accept: the first of the route's that the client offered, else
+        ``token`` when the client sent its JWT that way, else None."""
+        for proto in offered:
+            if proto in self.subprotocols:
+                return proto
+        return "token" if "token" in offered else None
 
-    async def serve(self, websocket: WebSocket) -> None:
-        """Run one connection from handshake to clean-up."""
-        authenticator = self.authenticator
-        websocket.scope[SCOPE_AUTHENTICATOR] = authenticator
-        if not authenticator.origin_allowed(websocket):
-            # Refused before accept: the browser sees an HTTP 403.
-            logger.info("refused WebSocket handshake from a disallowed origin")
-            await websocket.close(CloseCode.POLICY_VIOLATION)
-            return
-        try:
-            auth = await authenticator.authenticate(websocket)
-        except AuthenticationError as exc:
-            logger.info("refused WebSocket connection: %s", exc)
-            # Accept first so the client gets 4401, not an HTTP 403 it cannot read.
-            offered = websocket.scope.get("subprotocols") or []
-            await websocket.accept(subprotocol="token" if "token" in offered else None)
-            await websocket.close(CloseCode.UNAUTHORIZED, "Unauthorized")
-            return
-        await websocket.accept(subprotocol=auth.subprotocol)
-        manager = self.manager
-        data = ConnectionData(
-            client_id=uuid.uuid4().hex,
-            connected_at=datetime.now(UTC),
-            manager=manager,
-            authenticated=auth.authenticated,
-            user=auth.user,
-            claims=auth.claims,
-        )
-        conn = Connection(
-            websocket,
-            data,
-            max_queue=manager.settings.send_queue_size,
-            close_timeout=manager.settings.close_timeout,
-        )
-        websocket.scope[SCOPE_CONNECTION] = conn
-        websocket.scope[SCOPE_MANAGER] = manager
-        await manager._register(conn, self.path)
-        expiry: asyncio.TimerHandle | None = None
-        try:
-            with anyio.CancelScope() as scope:
-                conn._receive_scope = scope
-                if auth.expires_at is not None:
-                    expiry = _close_at(conn, auth.expires_at)
-                if "connect" in self.handlers:
-                    await self._run(conn, self.handlers["connect"], None, None)
-                await self._receive_loop(conn)
-        finally:
-            if expiry is not None:
-                expiry.cancel()
-            with anyio.CancelScope(shield=True):
-                conn._closed = True
-                handler = self.handlers.get("disconnect")
-                if handler is not None:
-                    code = conn.close_code if conn.close_code is not None else 1006
-                    ended = {"code": code, "reason": conn.close_reason}
-                    await self._run(conn, handler, ended, None, reply=False)
-                await manager._unregister(conn)
-                await conn._stop()
+    async def handshake_problems(self, websocket: WebSocket) -> str:
+        """Why the handshake's headers, query, cookies or path cannot serve this route's
+        handlers ('' when they can): checked before the first event, not at it."""
+        errors = await validate_handshake(self.handlers.values(), websocket)
+        if not errors:
+            return ""
+        first = errors[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "request"
+        return f"{where}: {first.get('msg', 'invalid')}"
 
     async def _vanished(self, client_id: str) -> None:
         """Run the disconnect handler for a client whose process died (shared backends)."""
-        handler = self.handlers.get("disconnect")
-        if handler is None:
-            return
-        data = ConnectionData(client_id, connected_at=datetime.now(UTC), manager=self.manager)
-        conn = Connection.detached(data, path=self.path)
-        conn._ended(CloseCode.ABNORMAL, "node lost")
-        ended = {"code": CloseCode.ABNORMAL, "reason": "node lost"}
-        await self._run(conn, handler, ended, None, reply=False)
-
-    async def _receive_loop(self, conn: Connection) -> None:
-        websocket = conn.websocket
-        limit = self.manager.settings.max_payload_length
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                conn._ended(message.get("code", CloseCode.NORMAL), message.get("reason") or "")
-                return
-            text = message.get("text")
-            if text is None:
-                data = message.get("bytes") or b""
-                if len(data) > limit:
-                    await self._too_big(conn)
-                    continue
-                conn.send_frame(
-                    encode_error(
-                        "binary frames are not supported; send JSON text frames",
-                        ErrorCode.UNSUPPORTED_FRAME,
-                    )
-                )
-                continue
-            # Characters never outnumber bytes, so only long frames pay for encoding.
-            if len(text) > limit // 4 and len(text.encode()) > limit:
-                await self._too_big(conn)
-                continue
-            await self._dispatch(conn, text)
-
-    async def _too_big(self, conn: Connection) -> None:
-        await conn.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-
-    async def _dispatch(self, conn: Connection, text: str) -> None:
-        try:
-            envelope = decode_envelope(text)
-        except ProtocolError as exc:
-            conn.send_frame(encode_error(exc.message, exc.code))
-            return
-        event = envelope.event
-        if event in RESERVED_EVENTS:
-            conn.send_frame(
-                encode_error(
-                    f"{event!r} is a reserved event and cannot be sent by clients",
-                    ErrorCode.RESERVED_EVENT,
-                    id=envelope.id,
-                    event=event,
-                )
-            )
-            return
-        handler = self.handler_for(event)
-        if handler is None:
-            conn.send_frame(
-                encode_error(
-                    f"unknown event {event!r}", ErrorCode.UNKNOWN_EVENT, id=envelope.id, event=event
-                )
-            )
-            return
-        await self._run(conn, handler, envelope.payload, envelope.id)
-
-    async def _run(
-        self,
-        conn: Connection,
-        handler: EventHandler,
-        payload: Any,
-        msg_id: str | int | None,
-        *,
-        reply: bool = True,
-    ) -> None:
-        event = handler.event
-        try:
-            result = await handler(conn, payload)
-        except InvalidPayload as exc:
-            if reply:
-                conn.send_frame(_validation_error(exc.error, event, msg_id))
-            return
-        except EventError as exc:
-            if reply:
-                conn.send_frame(
-                    encode_error(exc.message, exc.code, id=msg_id, event=event, **exc.extra)
-                )
-            return
-        except AuthenticationError:
-            await conn.close(CloseCode.UNAUTHORIZED, "Unauthorized")
-            return
-        except Exception:
-            logger.exception("handler for event %r raised (client %s)", event, conn.client_id)
-            if reply:
-                conn.send_frame(
-                    encode_error(
-                        "internal server error", ErrorCode.INTERNAL_ERROR, id=msg_id, event=event
-                    )
-                )
-            return
-        if msg_id is not None and reply:
-            conn.send_frame(encode("ack", result, id=msg_id))
+        await run_vanished(self, client_id)
 
 
-def _validation_error(exc: ValidationError, event: str, msg_id: str | int | None) -> str:
-    errors = [
-        {"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False, include_input=False, include_context=False)
-    ]
-    first = errors[0] if errors else {"loc": [], "msg": "invalid"}
-    where = ".".join(str(part) for part in first["loc"]) or "payload"
-    return encode_error(
-        f"invalid payload for {event!r}: {where}: {first['msg']}",
-        ErrorCode.VALIDATION_ERROR,
-        id=msg_id,
-        errors=errors,
-        event=event,
-    )
-
-
-def _close_at(conn: Connection, expires_at: datetime) -> asyncio.TimerHandle:
-    """Close with 4401 when the connection's token expires."""
-    loop = asyncio.get_running_loop()
-    delay = max(0.0, expires_at.timestamp() - time.time())
-
-    def expire() -> None:
-        logger.info("token of client %s expired; closing", conn.client_id)
-        # close() only queues the close frame; it completes without suspending.
-        conn.close_nowait(CloseCode.UNAUTHORIZED, "Unauthorized")
-
-    return loop.call_later(delay, expire)
+_TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class WebSocketRouter(APIRouter):
@@ -390,6 +232,8 @@ class WebSocketRouter(APIRouter):
         dependencies: Sequence[params.Depends] | None = None,
         summary: str | None = None,
         description: str | None = None,
+        subprotocols: Sequence[str] = (),
+        concurrency: int = 1,
     ) -> EventRoute:
         """Register an event route at ``path``.
 
@@ -400,6 +244,15 @@ class WebSocketRouter(APIRouter):
             emits: event name to payload type for what the server sends (documentation).
             name: the route name (for ``url_path_for``).
             dependencies: FastAPI dependencies run on the handshake.
+            subprotocols: the subprotocols the route speaks (``["chat.v1"]``), in order of
+                preference; the first one the client offers is selected (RFC 6455 section
+                4.2.2). A client offering only others is refused. Default: none.
+            concurrency: how many events of one connection are handled at once. Default 1:
+                one at a time, in receive order (acks in order too).
+
+        Raises:
+            ConfigurationError: a bad ``subprotocols`` or ``concurrency``, a handler that
+                cannot be compiled.
         """
         route = EventRoute(
             self,
@@ -408,19 +261,38 @@ class WebSocketRouter(APIRouter):
             emits=emits,
             summary=summary,
             description=description,
+            subprotocols=subprotocols,
+            concurrency=concurrency,
         )
         for event, handler in (handlers or {}).items():
             route.add(event, handler)
         self.manager.declare_emits(route.emits)
 
         async def endpoint(websocket: WebSocket) -> None:
-            await route.serve(websocket)
+            await run_session(route, websocket)
 
         setattr(endpoint, "__orcs_route__", route)  # noqa: B010 - found by event_routes_of
         endpoint.__name__ = name or f"ws_{path.strip('/').replace('/', '_') or 'root'}"
         self.add_api_websocket_route(path, endpoint, name=name, dependencies=dependencies)
+        _capture_asgi_channels(self.routes[-1])
         self.event_routes.append(route)
         return route
+
+
+def _capture_asgi_channels(api_route: Any) -> None:
+    """Let the session write frames with the route's ASGI ``send`` itself.
+
+    Starlette's ``WebSocket.send`` re-checks its state on every frame; the session keeps its
+    own state, so it sends through the plain ASGI callables, found in the scope.
+    """
+    inner = api_route.app
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SCOPE_ASGI_SEND] = send
+        scope[SCOPE_ASGI_RECEIVE] = receive
+        await inner(scope, receive, send)
+
+    api_route.app = app
 
 
 def _mounted_routes(app: Any) -> list[tuple[str, Any]]:
@@ -483,5 +355,3 @@ def get_manager(conn: HTTPConnection) -> WebSocketManager:
     if state is not None:
         state.fastapi_orcs_ws_manager = manager
     return manager
-
-

@@ -27,11 +27,12 @@ from starlette.testclient import TestClient, WebSocketTestSession
 from starlette.types import Message
 from starlette.websockets import WebSocketDisconnect
 
+from ._context import SCOPE_CONNECTION
 from .connection import Connection
 from .errors import EventError
 from .manager import WebSocketManager
 from .protocol import encode
-from .routing import SCOPE_CONNECTION, event_routes_of
+from .routing import event_routes_of
 from .server import uvicorn_settings
 from .settings import WebSocketSettings
 

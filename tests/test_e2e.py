@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -279,8 +280,8 @@ def test_raw_handshake_helper_works_with_plain_sockets() -> None:
 
 
 async def test_a_reader_that_pauses_gets_everything_in_order_later() -> None:
-    # The peer's socket fills up mid-write: the write finishes later, frames queue behind
-    # it in order, and nothing is lost as long as the queue does not overflow.
+    # The peer's socket fills up mid-write: the broadcast waits for it (flow control, it
+    # makes progress once it reads again), and nothing is lost or reordered for anyone.
     app, router, _ = make_app(WebSocketSettings(send_queue_size=1024))
     total, size = 600, 16384  # ~10 MB: more than loopback's socket buffers hold
     with serve(app) as server:
@@ -295,8 +296,13 @@ async def test_a_reader_that_pauses_gets_everything_in_order_later() -> None:
             await expect(paused, "hello")
             await expect(sender, "hello")
             await send(sender, "blast", {"count": total, "size": size})
-            for ws in (sender, paused):  # `paused` has not read anything until now
-                assert await numbered(ws, total) == list(range(total))
+            # `paused` reads nothing until the sender has seen frames arrive.
+            first = await numbered(sender, 50)
+            rest, paused_seen = await asyncio.gather(
+                numbered(sender, total - 50), numbered(paused, total)
+            )
+            assert first + rest == list(range(total))
+            assert paused_seen == list(range(total))
             stats = await router.manager.get_stats()
             assert stats.slow_consumer_disconnects == 0
             assert stats.connections == 2

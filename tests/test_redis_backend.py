@@ -23,6 +23,7 @@ from fastapi_orcs_ws import (
     WebSocketManager,
     WebSocketSettings,
 )
+from fastapi_orcs_ws._outbox import SendPolicy
 from fastapi_orcs_ws.backends import backend_from_url
 from fastapi_orcs_ws.backends.redis import RedisBackend
 from fastapi_orcs_ws.connection import ConnectionData
@@ -56,7 +57,8 @@ class Client:
     def __init__(self, manager: WebSocketManager, client_id: str) -> None:
         self.socket = FakeSocket()
         data = ConnectionData(client_id=client_id, connected_at=datetime.now(UTC), manager=manager)
-        self.conn = Connection(self.socket, data, max_queue=100, close_timeout=1)  # type: ignore[arg-type]
+        policy = SendPolicy(max_frames=100, max_bytes=1 << 20, stall_timeout=1, close_timeout=1)
+        self.conn = Connection(self.socket, data, send=self.socket.send, policy=policy)  # type: ignore[arg-type]
         self.manager = manager
         self.id = client_id
 
@@ -65,9 +67,9 @@ class Client:
         return self
 
     async def disconnect(self) -> None:
-        self.conn._closed = True
+        self.conn.ended(1000)
         await self.manager._unregister(self.conn)
-        await self.conn._stop()
+        await self.conn.aclose()
 
     def events(self, name: str) -> list[Any]:
         return self.socket.events(name)

@@ -1,0 +1,332 @@
+"""One connection's way out: a bounded queue, the task that writes it, the slow-consumer rule.
+
+Rules (docs/lifecycle.md states them for users):
+
+- Every ASGI ``send`` call runs from start to finish in one task and one context: the
+  connection's own send context (a copy of its session's context). A frame for an idle
+  connection is written in the sender's task (no task switch: this is what keeps fan-out as
+  fast as a plain loop); if that write cannot finish at once, the *sender's* task finishes it
+  (see :func:`settle`), never another task. Otherwise frames wait in the queue and one writer
+  task, started on demand and gone when the queue is empty, writes them in order.
+- The queue is bounded in frames and in bytes. A frame that would pass either bound closes the
+  client with 4429 (it is not keeping up), as does a write that makes no progress for
+  ``stall_timeout`` seconds.
+- Above half of either bound the connection is *behind*: ``await ws.send(...)`` and the
+  broadcasts that reached it wait until it is below again (flow control), so a producer is
+  slowed to its reader's pace, and never waits longer than ``stall_timeout`` for a reader
+  that makes no progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.websockets import WebSocketDisconnect
+
+__all__ = ["PENDING", "AsgiSend", "Message", "Outbox", "SendPolicy", "settle"]
+
+logger = logging.getLogger("fastapi_orcs_ws")
+
+Message = dict[str, Any]
+AsgiSend = Callable[[Message], Coroutine[Any, Any, None]]
+
+# What a failed write to a vanished peer raises (uvicorn's ClientDisconnected is an OSError).
+PEER_GONE = (OSError, RuntimeError, WebSocketDisconnect)
+
+PENDING: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "fastapi_orcs_ws_pending", default=None
+)
+"""Set by a sender that will :func:`settle` what its deliveries left unfinished."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendPolicy:
+    """The outbound bounds of one connection (from :class:`WebSocketSettings`)."""
+
+    max_frames: int
+    max_bytes: int
+    stall_timeout: float
+    close_timeout: float
+
+
+class _Resume:
+    """Awaitable finishing a send coroutine that took its first step and blocked.
+
+    Every later step runs in ``context`` (the connection's send context), in the task
+    that awaits this, which is the task that took the first step.
+    """
+
+    __slots__ = ("_context", "_coro", "_value")
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, None], value: Any, context: contextvars.Context | None
+    ) -> None:
+        self._coro = coro
+        self._value = value
+        self._context = context
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, value, ctx = self._coro, self._value, self._context
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:  # cancellation and errors go into the send
+                try:
+                    value = ctx.run(coro.throw, exc) if ctx is not None else coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                value = ctx.run(coro.send, sent) if ctx is not None else coro.send(sent)
+            except StopIteration:
+                return
+
+
+class _Blocked:
+    """A write that an eager sender started and must finish in its own task."""
+
+    __slots__ = ("coro", "outbox", "value")
+
+    def __init__(self, outbox: Outbox, coro: Coroutine[Any, Any, None], value: Any) -> None:
+        self.outbox = outbox
+        self.coro = coro
+        self.value = value
+
+    async def finish(self) -> None:
+        outbox = self.outbox
+        done = await outbox._complete(self.coro, self.value, outbox._context)
+        outbox._busy = False
+        if done and outbox._queue:
+            outbox._start_writer()
+        elif not outbox._queue:
+            outbox._wake()
+
+
+async def settle(pending: list[Any]) -> None:
+    """Finish, in the calling task, what deliveries left: the blocked write, then flow control."""
+    for item in pending:
+        if type(item) is _Blocked:
+            await item.finish()
+        else:
+            await item.wait_for_room()
+
+
+class Outbox:
+    """The outbound queue and writer of one connection. Owned by its :class:`Connection`."""
+
+    __slots__ = (
+        "_busy",
+        "_bytes",
+        "_context",
+        "_high_bytes",
+        "_high_frames",
+        "_on_stalled",
+        "_open",
+        "_policy",
+        "_queue",
+        "_room",
+        "_send",
+        "_writer",
+    )
+
+    def __init__(
+        self,
+        send: AsgiSend,
+        policy: SendPolicy,
+        *,
+        context: contextvars.Context,
+        on_stalled: Callable[[str], None],
+    ) -> None:
+        self._send = send
+        self._policy = policy
+        self._context = context
+        self._on_stalled = on_stalled
+        self._queue: deque[Message] = deque()
+        self._bytes = 0
+        self._high_frames = max(1, policy.max_frames // 2)
+        self._high_bytes = max(1, policy.max_bytes // 2)
+        self._busy = False
+        """An ASGI send is under way (eager, left to a sender, or the writer's)."""
+        self._open = True
+        self._writer: asyncio.Task[None] | None = None
+        self._room: asyncio.Event | None = None
+
+    @property
+    def open(self) -> bool:
+        return self._open
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def behind(self) -> bool:
+        return len(self._queue) > self._high_frames or self._bytes > self._high_bytes
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def offer(self, message: Message, pending: list[Any] | None) -> bool:
+        """Write ``message`` now or queue it; False if the connection no longer takes frames.
+
+        With ``pending`` (a list the caller will :func:`settle`), an idle connection's frame
+        is written in the caller's task; without it, it is always queued.
+        """
+        if not self._open:
+            return False
+        if message["type"] == "websocket.close":
+            self._open = False
+        # At most one unfinished write per sender: a middleware's cancel scopes, entered by
+        # a write's first step, must be left in the order they were entered.
+        if (
+            pending is not None
+            and not self._busy
+            and not (pending and type(pending[0]) is _Blocked)
+        ):
+            coro = self._send(message)
+            try:
+                value = self._context.run(coro.send, None)
+            except StopIteration:
+                return True
+            except PEER_GONE as exc:
+                self._gone(exc)
+                return False
+            self._busy = True
+            pending.insert(0, _Blocked(self, coro, value))
+            return True
+        queue = self._queue
+        size = _size(message)
+        if queue and (
+            len(queue) >= self._policy.max_frames or self._bytes + size > self._policy.max_bytes
+        ):
+            self._stalled(
+                f"its send queue is full ({len(queue)} frames, {self._bytes} bytes queued)"
+            )
+            return False
+        queue.append(message)
+        self._bytes += size
+        if not self._busy:
+            self._start_writer()
+        elif pending is not None and self.behind:
+            pending.append(self)
+        return True
+
+    async def wait_for_room(self) -> None:
+        """Wait while the connection is behind (bounded: a stalled writer closes it)."""
+        while self._open and self.behind:
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()
+
+    # -- the writer --------------------------------------------------------------------------
+
+    def _start_writer(self) -> None:
+        self._busy = True
+        # Its own copy of the connection's send context: what a middleware wrapping `send`
+        # set up for this connection is what its sends see, whichever task queued them.
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write_loop(), context=self._context.copy()
+        )
+
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        send = self._send
+        try:
+            while queue:
+                message = queue.popleft()
+                self._bytes -= _size(message)
+                if self._room is not None and not self.behind:
+                    self._room.set()
+                coro = send(message)
+                try:
+                    value = coro.send(None)
+                except StopIteration:
+                    continue
+                if not await self._complete(coro, value, None):
+                    return
+        except PEER_GONE as exc:
+            self._gone(exc)
+        finally:
+            self._writer = None
+            self._busy = False
+            self._wake()
+
+    async def _complete(
+        self, coro: Coroutine[Any, Any, None], value: Any, context: contextvars.Context | None
+    ) -> bool:
+        """Finish a started write in this task; False if the peer stalled or vanished."""
+        try:
+            async with asyncio.timeout(self._policy.stall_timeout):
+                await _Resume(coro, value, context)
+        except TimeoutError:
+            self._stalled(f"a write made no progress for {self._policy.stall_timeout:g} s")
+            return False
+        except PEER_GONE as exc:
+            self._gone(exc)
+            return False
+        return True
+
+    # -- ending ------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._room is not None:
+            self._room.set()
+
+    def drop(self) -> None:
+        self._open = False
+        self._queue.clear()
+        self._bytes = 0
+        self._wake()
+
+    def _gone(self, exc: BaseException) -> None:
+        # The reader learns how it ended (the peer's close frame or a lost transport).
+        logger.debug("write failed, peer gone: %r", exc)
+        self.drop()
+
+    def _stalled(self, why: str) -> None:
+        was_open = self._open
+        self.drop()
+        if was_open or self._writer is not None:
+            self._on_stalled(why)
+
+    async def aclose(self, close: Message | None) -> None:
+        """End the outbox: let the writer finish (bounded), cancel it, then send ``close``.
+
+        Runs in the session's task. ``close`` is a ``websocket.close`` message still owed to
+        the peer (a 4429 that could not be written while the writer was stuck), or None.
+        """
+        self._open = False
+        writer = self._writer
+        if writer is not None and not writer.done():
+            try:
+                async with asyncio.timeout(self._policy.close_timeout):
+                    await asyncio.shield(writer)
+            except TimeoutError:
+                writer.cancel()
+                await asyncio.wait([writer])
+        self._queue.clear()
+        self._bytes = 0
+        self._wake()
+        if close is not None and not self._busy:
+            try:
+                async with asyncio.timeout(self._policy.close_timeout):
+                    await self._send(close)
+            except (TimeoutError, *PEER_GONE):
+                logger.debug("close frame not written: the peer is gone or stalled")
+
+
+def _size(message: Message) -> int:
+    body = message.get("text")
+    if body is None:
+        body = message.get("bytes")
+    return len(body) if body is not None else 0
