@@ -218,7 +218,7 @@ def compile_handler(event: str, func: Callable[..., Any], *, path: str = "") -> 
 
 
 def get_connection(conn: HTTPConnection) -> Connection:
-    """FastAPI dependency: the :class:`Connection` an event came from.
+    """FastAPI dependency: the `Connection` an event came from.
 
     Handlers get the connection by annotating a parameter ``Connection``; their FastAPI
     dependencies cannot (FastAPI would read such a parameter from a request body), so they

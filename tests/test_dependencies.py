@@ -6,6 +6,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import anyio
@@ -34,7 +35,7 @@ from fastapi.security import APIKeyHeader, SecurityScopes
 from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 from starlette.testclient import TestClient
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fastapi_orcs_ws import (
     ConfigurationError,
@@ -166,6 +167,20 @@ def test_explicit_path_marker_and_connect_disconnect_handlers_take_parameters() 
         assert ws.receive_json() == {"event": "welcome", "payload": {"room": 7, "tenant": "None/z"}}
         ws.close(4000)
     assert seen == [(7, 4000)]
+
+
+def test_a_path_parameter_of_the_router_prefix_needs_an_explicit_path_marker() -> None:
+    async def where(
+        ws: Connection, payload: Any, org: Annotated[str, Path()], room: int
+    ) -> list[Any]:
+        return [org, room]
+
+    router = WebSocketRouter()
+    router.ws("/rooms/{room}", {"where": where})
+    app = FastAPI()
+    app.include_router(router, prefix="/orgs/{org}")
+    with TestClient(app) as client, client.websocket_connect("/orgs/acme/rooms/3") as ws:
+        assert ask(ws, "where")["payload"] == ["acme", 3]
 
 
 def scopes_of(security_scopes: SecurityScopes, x_user: Annotated[str, Header()]) -> list[str]:
@@ -679,3 +694,29 @@ async def test_validate_handshake_honours_dependency_overrides() -> None:
     assert [e["loc"] for e in errors] == [("query", "key")]
     app.dependency_overrides[needs_header] = lambda: "test"
     assert await validate_handshake(handlers, handshake(app=app)) == []
+
+
+# -- the docs ----------------------------------------------------------------------------------
+
+
+def test_the_example_in_docs_events_runs_as_documented() -> None:
+    page = (FilePath(__file__).resolve().parent.parent / "docs" / "events.md").read_text("utf-8")
+    section = page.split("### FastAPI dependencies", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/events.md", "exec"), namespace)
+    app = namespace["app"]
+    with TestClient(app) as client:
+        headers = {"x-tenant": "acme"}
+        with client.websocket_connect("/ws/lobby?key=k1", headers=headers) as ws:
+            assert ask(ws, "whoami")["payload"] == {
+                "room": "lobby",
+                "tenant": "acme/k1",
+                "db_open": True,
+            }
+        with (
+            client.websocket_connect("/ws/lobby") as ws,
+            pytest.raises(WebSocketDisconnect) as info,
+        ):
+            ws.receive_json()  # no x-tenant header: refused at the handshake
+        assert info.value.code == 1008 and "x-tenant" in info.value.reason

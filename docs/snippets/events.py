@@ -2,10 +2,16 @@
 
 from typing import Annotated
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Query
 from pydantic import BaseModel, Field
 
-from fastapi_orcs_ws import Connection, EventError, WebSocketManager, WebSocketRouter
+from fastapi_orcs_ws import (
+    Connection,
+    EventError,
+    WebSocketManager,
+    WebSocketRouter,
+    get_connection,
+)
 
 
 class Move(BaseModel):
@@ -19,8 +25,13 @@ class Moved(BaseModel):
     y: int
 
 
-def game_id(ws: Connection) -> str:
-    """A dependency: resolved for every event, like a FastAPI dependency."""
+def game_id(
+    ws: Annotated[Connection, Depends(get_connection)],
+    game: Annotated[str | None, Query(max_length=40)] = None,
+) -> str:
+    """A FastAPI dependency, solved by FastAPI for every event: `?game=` of the handshake."""
+    if game is not None:
+        ws.data.state["game"] = game
     return str(ws.data.state.setdefault("game", "lobby"))
 
 
