@@ -357,7 +357,7 @@ def test_docs_are_mounted_once_at_the_app_root_for_every_router() -> None:
             assert client.get(f"/r{i}/asyncapi.json").status_code == 404
             assert client.get(f"/r{i}/ws-docs").status_code == 404
     paths = [getattr(route, "path", None) for route in app.routes]
-    assert paths == [*paths_before, "/asyncapi.json", "/ws-docs"]
+    assert paths == [*paths_before, "/asyncapi.json", "/ws-docs", "/orcs-client.js"]
     for router in routers:  # a router never adds routes to itself
         assert [getattr(route, "path", None) for route in router.routes] == ["/ws"]
     assert app.description == ""

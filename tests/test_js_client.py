@@ -252,5 +252,56 @@ def test_chromium_server_restart(
 
 def test_chat_page_has_no_socket_code_of_its_own() -> None:
     page = (ROOT / "examples" / "chat_app" / "static" / "index.html").read_text("utf-8")
-    assert "new WebSocket" not in page and ".send(JSON" not in page
-    assert 'from "/orcs-client.js"' in page
+    assert "WebSocket" not in page and "JSON.stringify" not in page and "JSON.parse" not in page
+    assert 'import { connect } from "./orcs-client.js";' in page
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+
+def test_the_app_serves_the_client_cacheably() -> None:
+    from fastapi.testclient import TestClient
+
+    from examples.chat_app.main import app
+
+    with TestClient(app) as http:
+        response = http.get("/orcs-client.js")
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/javascript; charset=utf-8"
+        assert response.content == CLIENT_JS.read_bytes()
+        assert response.headers["cache-control"] == "public, max-age=3600"
+        etag = response.headers["etag"]
+        assert etag.startswith('"') and etag.endswith('"') and len(etag) == 34
+        again = http.get("/orcs-client.js", headers={"If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+        other = http.get("/orcs-client.js", headers={"If-None-Match": '"something-else"'})
+        assert other.status_code == 200
+        head = http.head("/orcs-client.js")
+        assert head.status_code == 200 and head.headers["etag"] == etag
+        assert "/orcs-client.js" not in http.get("/openapi.json").text
+
+
+def test_client_url_is_configurable_and_can_be_turned_off() -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from fastapi_orcs_ws import WebSocketRouter, mount_docs
+
+    def app_with(**urls: Any) -> FastAPI:
+        router = WebSocketRouter()
+        router.ws("/ws")
+        app = FastAPI()
+        app.include_router(router)
+        mount_docs(app, **urls)
+        return app
+
+    with TestClient(app_with(client_url="/static/orcs.js")) as http:
+        assert http.get("/static/orcs.js").status_code == 200
+        assert http.get("/orcs-client.js").status_code == 404
+    with TestClient(app_with(client_url=None)) as http:
+        assert http.get("/orcs-client.js").status_code == 404
+        assert http.get("/ws-docs").status_code == 200
+    with TestClient(app_with(asyncapi_url=None, docs_url=None)) as http:
+        assert http.get("/orcs-client.js").status_code == 404  # no docs: no client either
+    with TestClient(app_with(asyncapi_url=None, docs_url=None, client_url="/c.js")) as http:
+        assert http.get("/c.js").status_code == 200

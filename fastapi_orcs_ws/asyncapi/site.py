@@ -8,12 +8,14 @@ import weakref
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from types import EllipsisType
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.routing import BaseRoute
 
+from .._client_script import client_script_endpoint
 from ..errors import ConfigurationError
 from ..routing import event_routes_of
 from .document import _base_document, _placeholder_server, _with_server
@@ -22,6 +24,7 @@ __all__ = ["add_openapi_link", "mount_docs", "prepare_docs", "render_page"]
 
 DEFAULT_ASYNCAPI_URL = "/asyncapi.json"
 DEFAULT_DOCS_URL = "/ws-docs"
+DEFAULT_CLIENT_URL = "/orcs-client.js"
 
 
 # A Host header as a client may send it: a name or an address, and a port.
@@ -48,6 +51,7 @@ class _Docs:
     asyncapi_url: str | None
     docs_url: str | None
     link_from_openapi: bool
+    client_url: str | None = DEFAULT_CLIENT_URL
     routes: list[BaseRoute] = field(default_factory=list)
     document: dict[str, Any] | None = None
     """Built at start-up (or on the first request), without ``servers`` (per request)."""
@@ -67,6 +71,7 @@ def mount_docs(
     asyncapi_url: str | None = DEFAULT_ASYNCAPI_URL,
     docs_url: str | None = DEFAULT_DOCS_URL,
     link_from_openapi: bool = False,
+    client_url: str | EllipsisType | None = ...,
 ) -> None:
     """Serve the app's AsyncAPI document and an offline HTML page describing every event route.
 
@@ -84,6 +89,9 @@ def mount_docs(
         docs_url: where the HTML page is served.
         link_from_openapi: add links to both to ``app.description`` (so FastAPI's ``/docs``
             shows them). Off by default: only the app's owner changes its description.
+        client_url: where the JavaScript client ``orcs-client.js`` is served (cacheable:
+            ``ETag`` and ``Cache-Control: public, max-age=3600``; see docs/clients.md).
+            Default ``/orcs-client.js``, or not served when both docs URLs are ``None``.
 
     Raises:
         ConfigurationError: ``app`` is not a FastAPI app, a URL does not start with ``/``, or
@@ -102,10 +110,12 @@ def mount_docs(
             f"mount_docs takes the FastAPI application, not {type(app).__name__}: the docs "
             "describe every router of the app and are mounted once"
         )
-    for url in (asyncapi_url, docs_url):
+    if client_url is ...:
+        client_url = None if asyncapi_url is None and docs_url is None else DEFAULT_CLIENT_URL
+    for url in (asyncapi_url, docs_url, client_url):
         if url is not None and (not isinstance(url, str) or not url.startswith("/")):
             raise ConfigurationError(f"mount_docs: {url!r} is not a path starting with '/'")
-    wanted = _Docs(asyncapi_url, docs_url, link_from_openapi)
+    wanted = _Docs(asyncapi_url, docs_url, link_from_openapi, client_url)
     current = _MOUNTED.get(app)
     if current is not None:
         if _where(current) == _where(wanted):
@@ -123,7 +133,7 @@ def mount_docs(
 def _where(docs: _Docs) -> str:
     return (
         f"asyncapi_url={docs.asyncapi_url!r}, docs_url={docs.docs_url!r}, "
-        f"link_from_openapi={docs.link_from_openapi!r}"
+        f"link_from_openapi={docs.link_from_openapi!r}, client_url={docs.client_url!r}"
     )
 
 
@@ -158,6 +168,16 @@ def _add_routes(app: FastAPI, docs: _Docs) -> None:
             methods=["GET"],
             include_in_schema=False,
             name="fastapi_orcs_ws_docs",
+        )
+        docs.routes.append(app.router.routes[-1])
+
+    if docs.client_url is not None:
+        app.add_api_route(
+            docs.client_url,
+            client_script_endpoint(),
+            methods=["GET", "HEAD"],
+            include_in_schema=False,
+            name="fastapi_orcs_ws_client",
         )
         docs.routes.append(app.router.routes[-1])
 

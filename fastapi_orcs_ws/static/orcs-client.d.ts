@@ -136,6 +136,11 @@ type Lifecycle = {
 type PayloadArgs<P> = null extends P ? [payload?: P] : [payload: P];
 type ClientEvent<R extends RouteEvents> = keyof R["client"] & string;
 type ServerEvent<R extends RouteEvents> = Exclude<keyof R["server"] & string, keyof Lifecycle>;
+type Handler<R extends RouteEvents, E> = E extends keyof Lifecycle
+  ? (info: Lifecycle[E]) => void
+  : E extends keyof R["server"]
+    ? (payload: R["server"][E], frame: Frame<R["server"][E]>) => void
+    : never;
 
 export declare class Client<R extends RouteEvents = AnyRoute> {
   constructor(url: string | URL, options?: ConnectOptions);
@@ -152,10 +157,10 @@ export declare class Client<R extends RouteEvents = AnyRoute> {
     event: E,
     ...args: [...PayloadArgs<R["client"][E]["payload"]>, options?: RequestOptions]
   ): Promise<R["client"][E]["ack"]>;
-  on<E extends keyof Lifecycle>(event: E, handler: (info: Lifecycle[E]) => void): () => void;
-  on<E extends ServerEvent<R>>(event: E, handler: (payload: R["server"][E], frame: Frame<R["server"][E]>) => void): () => void;
-  off<E extends keyof Lifecycle>(event: E, handler?: (info: Lifecycle[E]) => void): void;
-  off<E extends ServerEvent<R>>(event: E, handler?: (payload: R["server"][E], frame: Frame<R["server"][E]>) => void): void;
+  /** A server event's handler gets `(payload, frame)`; a lifecycle event's gets `(info)`. Returns `off`. */
+  on<E extends keyof Lifecycle | ServerEvent<R>>(event: E, handler: Handler<R, E>): () => void;
+  /** Remove `handler`, or every handler of `event`. */
+  off<E extends keyof Lifecycle | ServerEvent<R>>(event: E, handler?: Handler<R, E>): void;
   /** Close for good (code 1000 or 3000-4999); resolves when closed. */
   close(code?: number, reason?: string): Promise<void>;
 }

@@ -165,27 +165,28 @@ export const scenarios = {
   /** Positions from frames are remembered per room and sent as `since` when rejoining. */
   async positions({ connect }, env) {
     const client = connect(env.positionsUrl, { reconnect: { initialDelay: 10, maxDelay: 50 } });
+    const room = `p-${Math.random().toString(36).slice(2)}`; // fresh offsets on every run
     try {
-      const joined = await client.request("join", { room: "p" });
+      const joined = await client.request("join", { room });
       check(joined.offset === 0 && joined.epoch === "epoch-1", "join answers a position", joined);
-      check(client.positions.p.offset === 0, "the join's answer is the baseline", client.positions);
-      await client.request("publish", { room: "p", count: 3 });
-      check(client.positions.p.offset === 3 && client.positions.p.epoch === "epoch-1", "offset 3", client.positions);
+      check(client.positions[room].offset === 0, "the join's answer is the baseline", client.positions);
+      await client.request("publish", { room, count: 3 });
+      check(client.positions[room].offset === 3 && client.positions[room].epoch === "epoch-1", "offset 3", client.positions);
       const recovered = next(client, "recovery");
       await client.emit("drop"); // the server closes with 1012; the client reconnects and rejoins
       const recovery = await recovered;
-      check(recovery.room === "p" && recovery.recovered === true, "rejoined with recovery", recovery);
+      check(recovery.room === room && recovery.recovered === true, "rejoined with recovery", recovery);
       check(
         recovery.since && recovery.since.offset === 3 && recovery.since.epoch === "epoch-1",
         "the rejoin sent the last position",
         recovery,
       );
       // A join the app sends itself carries the position too, unless it brings its own.
-      const again = await client.request("join", { room: "p" });
+      const again = await client.request("join", { room });
       check(again.since && again.since.offset === 3, "an explicit join carries since", again);
       // Leaving forgets the room.
-      await client.emit("leave", { room: "p" });
-      check(!("p" in client.positions), "leave forgets the position", client.positions);
+      await client.emit("leave", { room });
+      check(!(room in client.positions), "leave forgets the position", client.positions);
       return { since: recovery.since, recovered: recovery.recovered };
     } finally {
       await client.close();
