@@ -26,6 +26,7 @@ from .protocol import CloseCode, ErrorCode
 from .routing import EventRoute, WebSocketRouter, get_manager
 from .server import run, uvicorn_settings
 from .settings import WebSocketSettings
+from .typescript import typescript_definitions
 
 __version__ = "0.1.0"
 
@@ -60,5 +61,6 @@ __all__ = [
     "mount_docs",
     "optional_user",
     "run",
+    "typescript_definitions",
     "uvicorn_settings",
 ]

@@ -305,3 +305,68 @@ def test_client_url_is_configurable_and_can_be_turned_off() -> None:
         assert http.get("/orcs-client.js").status_code == 404  # no docs: no client either
     with TestClient(app_with(asyncapi_url=None, docs_url=None, client_url="/c.js")) as http:
         assert http.get("/c.js").status_code == 200
+
+
+# -- the notifications example's documented snippet, in Chromium -----------------------------
+
+NOTIFY_SECRET = "notifications-client-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def notifications(monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveServer]:
+    import importlib
+    import sys
+
+    monkeypatch.setenv("WS_JWT_SECRET", NOTIFY_SECRET)
+    for name in ("WS_AUTH_ENABLED", "WS_AUTH_REQUIRED", "WS_JWT_AUDIENCE", "WS_JWT_ISSUER"):
+        monkeypatch.delenv(name, raising=False)
+    sys.modules.pop("examples.notifications.main", None)
+    module = importlib.import_module("examples.notifications.main")
+    try:
+        with serve(module.app) as live:
+            yield live
+    finally:
+        sys.modules.pop("examples.notifications.main", None)
+
+
+def documented_snippet() -> str:
+    import examples.notifications.main as example
+
+    doc = example.__doc__ or ""
+    start = doc.index('<script type="module">') + len('<script type="module">')
+    return doc[start : doc.index("</script>", start)]
+
+
+@pytest.mark.browser
+def test_notifications_snippet_in_chromium(browser: Any, notifications: LiveServer) -> None:
+    import httpx
+
+    from tests.browser import page_opener
+
+    alice = mint_token("alice", secret=NOTIFY_SECRET)
+    stubs = f"""
+      window.seen = {{ badges: [], toasts: [] }};
+      window.getToken = () => {json.dumps(alice)};
+      window.showBadge = (n) => window.seen.badges.push(n);
+      window.showToast = (title, body) => window.seen.toasts.push([title, body]);
+      window.markAllRead = document.createElement("button");
+    """
+    with page_opener(browser) as open_page:
+        page = open_page()
+        page.goto(notifications.http_url + "/openapi.json")  # any page of the app's origin
+        page.add_script_tag(content=stubs)
+        page.add_script_tag(content=documented_snippet(), type="module")
+        page.wait_for_function("window.seen.badges.length === 1")
+        response = httpx.post(
+            notifications.http_url + "/notify/alice",
+            json={"title": "Hello", "body": "from the docs"},
+            headers={"Authorization": f"Bearer {alice}"},
+            timeout=10,
+        )
+        assert response.json() == {"delivered": 1}
+        page.wait_for_function("window.seen.toasts.length === 1")
+        page.evaluate("() => window.markAllRead.onclick()")
+        page.wait_for_function("window.seen.badges.at(-1) === 0 && window.seen.badges.length >= 3")
+        seen = page.evaluate("window.seen")
+    assert seen["toasts"] == [["Hello", "from the docs"]]
+    assert seen["badges"][0] == 0 and seen["badges"][-1] == 0

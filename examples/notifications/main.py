@@ -7,9 +7,27 @@ Run from the repository root::
 
 then, with a demo token (``python -m examples.notifications.mint_token alice``)::
 
-    # a browser: new WebSocket("ws://127.0.0.1:42069/ws/notifications", ["token", TOKEN])
     curl -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
          -d '{"title": "Hello"}' http://127.0.0.1:42069/notify/alice
+
+A page of the app receives them with the official client (served at ``/orcs-client.js``;
+it sends the token as the ``["token", JWT]`` subprotocol, asks ``getToken`` again before each
+reconnect, and stops for good on 4401 unless that gives a new token)::
+
+    <script type="module">
+      import { connect } from "/orcs-client.js";
+      const inbox = connect("/ws/notifications", { token: () => getToken() });
+      inbox.on("unread-count", ({ count }) => showBadge(count));
+      inbox.on("notification", (n) => showToast(n.title, n.body));
+      inbox.on("close", ({ code, willReconnect }) => {
+        if (code === 4401 && !willReconnect) location.assign("/login");
+      });
+      markAllRead.onclick = async () => showBadge((await inbox.request("read")).count);
+    </script>
+
+Python services use ``fastapi_orcs_ws.client`` the same way, and
+``python -m fastapi_orcs_ws typescript examples.notifications.main:app`` writes the types
+(``WsNotificationsEvents``) for TypeScript (see docs/clients.md).
 
 * ``/ws/notifications`` requires a valid token (``?token=``, ``Authorization: Bearer`` or the
   ``["token", JWT]`` subprotocol); without one the client gets close code 4401. On connect the
