@@ -31,6 +31,7 @@ SCENARIOS = [
     "timeout",
     "unauthorizedStops",
     "unauthorizedThenNewToken",
+    "serverCloses",
     "bufferOverflow",
     "bufferedBeforeOpen",
     "positions",
@@ -107,6 +108,7 @@ def test_node_scenarios(node: Path, env: dict[str, Any]) -> None:
     assert results["timeout"] == {"slow": "timeout", "fast": "fast"}
     assert results["unauthorizedStops"] == {"code": 4401, "asked": 2}
     assert results["unauthorizedThenNewToken"] == {"who": "alice"}
+    assert results["serverCloses"] == {"1000": False, "4403": False, "4429": True}
     assert results["bufferOverflow"] == {"third": "buffer_full", "rest": ["closed", "closed"]}
     assert results["positions"] == {
         "since": {"offset": 3, "epoch": "epoch-1"},

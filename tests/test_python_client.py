@@ -246,3 +246,29 @@ async def test_bad_arguments_are_refused() -> None:
         Client("ws://127.0.0.1:1/ws", token_in="header")
     with pytest.raises(ValueError):
         Backoff(initial=0)
+
+
+async def test_token_in_query_when_asked(extras: LiveServer) -> None:
+    token = mint_token("carol", secret=SECRET)
+    async with connect(extras.ws_url("/ws/private"), token=token, token_in="query") as client:
+        assert client._ws is not None and client._ws.subprotocol is None
+        assert await client.request("whoami") == "carol"
+
+
+@pytest.mark.parametrize(("code", "retried"), [(1000, False), (4403, False), (4429, True)])
+async def test_which_server_closes_are_retried(
+    extras: LiveServer, code: int, retried: bool
+) -> None:
+    client = Client(extras.ws_url("/ws/slow"), reconnect=FAST)
+    async with client:
+        closed = waiter(client, "close")
+        await client.emit("kick", code)
+        info = await within(closed)
+        assert info == {"code": code, "reason": "kicked", "will_reconnect": retried}
+        if retried:
+            await client.wait_open(10)
+            assert await client.request("fast") == "fast"
+        else:
+            assert client.state == "closed"
+            with pytest.raises(ClientClosedError):
+                await client.emit("fast")

@@ -46,6 +46,10 @@ def extras_app() -> FastAPI:
     async def fast(ws: Connection) -> str:
         return "fast"
 
+    @slow.on("kick")
+    async def kick(ws: Connection, payload: int) -> None:
+        await ws.close(payload, "kicked")
+
     private = router.ws("/ws/private", auth={"required": True})
 
     @private.on("whoami")

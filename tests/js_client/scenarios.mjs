@@ -129,6 +129,31 @@ export const scenarios = {
     }
   },
 
+  /** 1000 and 4403 from the server are final; other codes (4429 here) are retried. */
+  async serverCloses({ connect }, env) {
+    const seen = {};
+    for (const code of [1000, 4403, 4429]) {
+      const client = connect(env.slowUrl, { reconnect: { initialDelay: 10, maxDelay: 50 } });
+      try {
+        await next(client, "open");
+        const closed = next(client, "close");
+        await client.emit("kick", code);
+        const info = await closed;
+        check(info.code === code && info.reason === "kicked", "the server's code and reason", info);
+        if (info.willReconnect) {
+          await next(client, "open");
+          check((await client.request("fast")) === "fast", "works after the retry");
+        } else {
+          check(client.state === "closed", "stopped", client.state);
+        }
+        seen[code] = info.willReconnect;
+      } finally {
+        await client.close();
+      }
+    }
+    return seen;
+  },
+
   /** Emits wait while disconnected, up to bufferSize; one more rejects; close() rejects the rest. */
   async bufferOverflow({ connect }, env) {
     const client = connect(env.deadUrl, { bufferSize: 2, reconnect: { initialDelay: 5000, maxDelay: 5000 } });
