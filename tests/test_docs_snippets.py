@@ -60,6 +60,15 @@ def test_events() -> None:
         assert ws.connection.data.state["game"] == "lobby"  # the dependency ran
 
 
+def test_getting_started_tests_its_own_app() -> None:
+    from docs.snippets import test_quickstart
+    from docs.snippets.quickstart import app
+
+    assert test_quickstart.app is app  # the page tests the app it builds
+    test_quickstart.test_a_message_reaches_the_room()
+    test_quickstart.test_a_message_without_text_is_refused()
+
+
 def test_rooms_and_the_testing_page() -> None:
     from docs.snippets import test_chat
 
