@@ -24,15 +24,7 @@ Example:
     ```
 """
 
-from .document import ErrorPayload, ValidationIssue, asyncapi_document
-from .site import add_openapi_link, mount_docs, prepare_docs, render_page
+from .document import asyncapi_document
+from .site import add_openapi_link, mount_docs, render_page
 
-__all__ = [
-    "ErrorPayload",
-    "ValidationIssue",
-    "add_openapi_link",
-    "asyncapi_document",
-    "mount_docs",
-    "prepare_docs",
-    "render_page",
-]
+__all__ = ["add_openapi_link", "asyncapi_document", "mount_docs", "render_page"]
