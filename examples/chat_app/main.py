@@ -9,6 +9,8 @@ then open http://127.0.0.1:42069 in two browser tabs.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +18,15 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from fastapi_orcs_ws import Connection, Stats, WebSocketManager, WebSocketRouter, get_manager
+from fastapi_orcs_ws import (
+    Connection,
+    PrometheusMetrics,
+    Stats,
+    WebSocketManager,
+    WebSocketRouter,
+    get_manager,
+    health_router,
+)
 
 GENERAL = "general"
 
@@ -137,6 +147,16 @@ async def disconnect(ws: Connection) -> None:
 
 app = FastAPI(title="fastapi-orcs-ws chat")
 app.include_router(router)
+app.include_router(health_router())  # GET /health/live, /health/ready
+
+# Prometheus metrics at /metrics, with the `metrics` extra (docs/operations.md).
+if importlib.util.find_spec("prometheus_client") is not None:
+    metrics = PrometheusMetrics().instrument(router)
+    app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
+else:
+    logging.getLogger(__name__).warning(
+        "no /metrics: install prometheus-client (pip install 'fastapi-orcs-ws[metrics]')"
+    )
 
 _PAGE = Path(__file__).with_name("static") / "index.html"
 
