@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from types import TracebackType
@@ -27,8 +28,9 @@ logger = logging.getLogger("fastapi_orcs_ws")
 
 F = TypeVar("F", bound=Callable[..., Any])
 Exclude = str | Iterable[str] | None
-GoneClients = Mapping[str, Mapping[str, str]]
+GoneClients = Mapping[str, Mapping[str, Any]]
 GoneCallback = Callable[[GoneClients], Awaitable[None]]
+RouteGoneHandler = Callable[..., Awaitable[None]]
 
 
 class Stats(BaseModel):
@@ -46,6 +48,13 @@ class Stats(BaseModel):
     average_room_size: float
     slow_consumer_disconnects: int = 0
     """Clients this process disconnected because they stopped reading (4429)."""
+    publish_failures: int = 0
+    """Publishes of this process that never reached the other processes (Redis was
+    unreachable): every other process's clients missed that frame. Always 0 in memory."""
+    frames_lost: int = 0
+    """Frames this process handed to Redis for a process that was not listening (its
+    subscription was down, or it had died), one per recipient client there, plus inter-process
+    messages it received and had to drop. Always 0 in memory."""
     backend: str = "memory"
     backend_healthy: bool = True
     backend_details: dict[str, Any] = Field(default_factory=dict)
@@ -96,7 +105,8 @@ class WebSocketManager:
         """Handlers shared by every route (``manager.on``); a route's own handlers win."""
         self._connections: dict[str, Connection] = {}
         self._gone_callbacks: list[GoneCallback] = []
-        self._route_gone: dict[str, Callable[[str], Awaitable[None]]] = {}
+        self._route_gone: dict[str, RouteGoneHandler] = {}
+        self._route_gone_takes_info: set[str] = set()
         self._drained = asyncio.Event()
         self._drained.set()
         self._started = False
@@ -178,22 +188,33 @@ class WebSocketManager:
     # -- membership ---------------------------------------------------------------------
 
     async def join_room(self, client_id: str, room: str) -> bool:
-        """Put a client in a room; False if the client is not connected."""
+        """Put a client in a room; False if the client is not connected.
+
+        Raises TypeError if ``client_id`` or ``room`` is not a ``str`` (a ``str`` subclass,
+        such as a ``StrEnum`` member, counts as its plain value).
+        """
+        client_id, room = _client_id(client_id), _room(room)
         await self._ready()
         return await self.backend.join(client_id, room)
 
     async def leave_room(self, client_id: str, room: str) -> bool:
-        """Take a client out of a room (an empty room disappears); False if it was not in it."""
+        """Take a client out of a room (an empty room disappears); False if it was not in it.
+
+        Raises TypeError if ``client_id`` or ``room`` is not a ``str``.
+        """
+        client_id, room = _client_id(client_id), _room(room)
         await self._ready()
         return await self.backend.leave(client_id, room)
 
     async def get_room_clients(self, room: str) -> set[str]:
-        """The ids of the clients in ``room``."""
+        """The ids of the clients in ``room``; TypeError if ``room`` is not a ``str``."""
+        room = _room(room)
         await self._ready()
         return await self.backend.room_clients(room)
 
     async def get_client_rooms(self, client_id: str) -> set[str]:
-        """The rooms ``client_id`` is in."""
+        """The rooms ``client_id`` is in; TypeError if ``client_id`` is not a ``str``."""
+        client_id = _client_id(client_id)
         await self._ready()
         return await self.backend.client_rooms(client_id)
 
@@ -206,6 +227,8 @@ class WebSocketManager:
             rooms=counts.rooms,
             average_room_size=round(counts.memberships / counts.rooms, 2) if counts.rooms else 0.0,
             slow_consumer_disconnects=self._slow_consumers,
+            publish_failures=counts.publish_failures,
+            frames_lost=counts.frames_lost,
             backend=self.backend.name,
             backend_healthy=counts.healthy,
             backend_details=counts.details,
@@ -229,7 +252,11 @@ class WebSocketManager:
     async def broadcast_to_room(
         self, room: str, event: str, payload: Any = None, *, exclude: Exclude = None
     ) -> int:
-        """Send to every client in ``room`` except ``exclude``; returns how many."""
+        """Send to every client in ``room`` except ``exclude``; returns how many.
+
+        Raises TypeError if ``room`` is not a ``str``.
+        """
+        room = _room(room)
         await self._ready()
         frame = self.encode_event(event, payload)
         pending: list[Any] = []
@@ -296,13 +323,32 @@ class WebSocketManager:
     def on_clients_gone(self, callback: GoneCallback) -> None:
         """Run ``callback({client_id: info})`` when another process dies holding clients.
 
-        Only a shared backend (Redis) reports this, once per vanished client, on one
-        surviving process. Routes already run their ``disconnect`` handler for them.
+        Only a shared backend (Redis) reports this, once per vanished client, on the one
+        surviving process that claimed it: a process serving the client's route (a process
+        with no routes but such a callback takes clients registered without a route). Routes
+        already run their ``disconnect`` handler for them; ``info`` is what the client was
+        registered with (``{"route": "/ws/chat", ...}``).
         """
         self._gone_callbacks.append(callback)
 
-    def _on_route_gone(self, route: str, handler: Callable[[str], Awaitable[None]]) -> None:
+    def _on_route_gone(self, route: str, handler: RouteGoneHandler) -> None:
+        """Register ``await handler(client_id, info=info)`` (or ``handler(client_id)``), the
+        disconnect logic of ``route`` for a client whose process died."""
         self._route_gone[route] = handler
+        self._route_gone_takes_info.discard(route)
+        if _takes_keyword(handler, "info"):
+            self._route_gone_takes_info.add(route)
+
+    async def _client_closing(self, client_id: str) -> None:
+        """A local client's clean close starts: call before its ``disconnect`` handler.
+
+        A shared backend records it, so that if this process dies before
+        ``_unregister``, no survivor runs that handler a second time.
+        """
+        try:
+            await self.backend.client_closing(client_id)
+        except Exception:
+            logger.exception("backend failed to record the close of client %s", client_id)
 
     async def _register(self, conn: Connection, route: str = "") -> None:
         await self._ready()
@@ -369,15 +415,46 @@ class WebSocketManager:
         await conn.close(code, reason)
         return True
 
+    def served_routes(self) -> Collection[str]:
+        """Node: the routes whose vanished clients this process can run disconnect logic for.
+
+        The paths of its routes, plus ``""`` (clients registered without a route) when an
+        :meth:`on_clients_gone` callback is registered. A worker with neither claims none.
+        """
+        routes = list(self._route_gone)
+        if self._gone_callbacks:
+            routes.append("")
+        return routes
+
     async def clients_gone(self, clients: GoneClients) -> None:
+        """Node: run the disconnect logic of clients whose process died, once each.
+
+        Their membership is still in place (as during a clean close); the backend removes it
+        when this returns. A client whose route this process does not serve (no live
+        process serves it) is logged at WARNING: its handler cannot run anywhere.
+        """
+        unserved: dict[str, int] = {}
         for client_id, info in clients.items():
-            handler = self._route_gone.get(info.get("route", ""))
+            route = info.get("route", "")
+            handler = self._route_gone.get(route) if isinstance(route, str) else None
             if handler is None:
+                if route:
+                    unserved[str(route)] = unserved.get(str(route), 0) + 1
                 continue
             try:
-                await handler(client_id)
+                if route in self._route_gone_takes_info:
+                    await handler(client_id, info=info)
+                else:
+                    await handler(client_id)
             except Exception:
                 logger.exception("disconnect logic for vanished client %s failed", client_id)
+        for route, count in unserved.items():
+            logger.warning(
+                "no live process serves route %r: the disconnect handler of %d vanished "
+                "clients did not run (their membership is removed)",
+                route[:200],
+                count,
+            )
         for callback in self._gone_callbacks:
             try:
                 await callback(clients)
@@ -392,6 +469,41 @@ async def _finish_fan_out(pending: list[Any]) -> None:
     else:
         # Fairness: a tight loop of broadcasts still lets every other task run.
         await asyncio.sleep(0)
+
+
+def _room(room: object) -> str:
+    # One rule on every backend: a room id is a str (42 and "42" would be one room in
+    # Redis and two in memory). A str subclass (an enum member) counts as its value.
+    if isinstance(room, str):
+        return str.__str__(room)
+    raise TypeError(
+        f"room ids are str, not {type(room).__name__} ({_short_repr(room)}): "
+        "convert it yourself, e.g. str(room)"
+    )
+
+
+def _client_id(client_id: object) -> str:
+    if isinstance(client_id, str):
+        return str.__str__(client_id)
+    raise TypeError(
+        f"client ids are str, not {type(client_id).__name__} ({_short_repr(client_id)})"
+    )
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _takes_keyword(func: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind is p.VAR_KEYWORD or (p.name == name and p.kind is not p.POSITIONAL_ONLY)
+        for p in params
+    )
 
 
 def _exclude(exclude: Exclude) -> Collection[str]:

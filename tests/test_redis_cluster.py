@@ -5,169 +5,47 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
-from tests.redis_helpers import RedisServer, eventually, free_port, wait_port
+from tests.redis_helpers import Node, Peer, RedisServer, eventually, start_nodes
+from tests.redis_helpers import peers_on as _peers_on
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio, pytest.mark.timeout(120)]
 
-ROOT = Path(__file__).resolve().parents[1]
+APP = os.environ.get("ORCS_TEST_CLUSTER_APP", "examples.chat_app.main:app")
 NODE_TTL = 3.0
 HEARTBEAT = 0.5
-LOG_CONFIG = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
-    "handlers": {
-        "stderr": {
-            "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "stream": "ext://sys.stderr",
-        }
-    },
-    "root": {"level": "INFO", "handlers": ["stderr"]},
-}
-
-
-class Node:
-    """One ``uvicorn examples.chat_app.main:app`` subprocess."""
-
-    def __init__(self, index: int, backend_url: str, workdir: Path) -> None:
-        self.index = index
-        self.port = free_port()
-        self.log_path = workdir / f"node{index}.log"
-        config = workdir / "log.json"
-        config.write_text(json.dumps(LOG_CONFIG))
-        env = {**os.environ, "WS_BACKEND_URL": backend_url}
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                os.environ.get("ORCS_TEST_CLUSTER_APP", "examples.chat_app.main:app"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-config",
-                str(config),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/chat"
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=5) as resp:
-            data: dict[str, Any] = json.loads(resp.read())
-            return data
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 @pytest.fixture
 def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[list[Node]]:
     url = f"{redis_server.url}?node_ttl={NODE_TTL}&heartbeat={HEARTBEAT}"
-    nodes = [Node(i, url, tmp_path) for i in range(3)]
+    nodes = [Node(f"node{i}", APP, url, tmp_path) for i in range(3)]
     try:
-        for node in nodes:
-            wait_port(node.port, timeout=20)
+        start_nodes(nodes)
         yield nodes
     finally:
         for node in nodes:
             node.stop()
 
 
-class Peer:
-    """A chat client that records every frame it receives."""
-
-    def __init__(self, ws: ClientConnection, node: Node) -> None:
-        self.ws = ws
-        self.node = node
-        self.frames: list[dict[str, Any]] = []
-        self.id = ""
-
-    async def read(self) -> None:
-        with suppress(ConnectionClosed):
-            async for text in self.ws:
-                self.frames.append(json.loads(text))
-
-    async def send(self, event: str, payload: Any = None, **extra: Any) -> None:
-        await self.ws.send(json.dumps({"event": event, "payload": payload, **extra}))
-
-    def events(self, name: str) -> list[Any]:
-        return [f["payload"] for f in self.frames if f["event"] == name]
-
-    def count(self, name: str, **match: Any) -> int:
-        return sum(
-            1
-            for p in self.events(name)
-            if isinstance(p, dict) and all(p.get(k) == v for k, v in match.items())
-        )
-
-
 @asynccontextmanager
 async def peers_on(nodes: list[Node]) -> AsyncIterator[list[Peer]]:
-    """One connected client per entry of ``nodes``, each welcomed, in that order."""
-    readers: list[asyncio.Task[None]] = []
-    async with AsyncExitStack() as stack:
-        peers: list[Peer] = []
-        try:
-            for node in nodes:
-                ws = await stack.enter_async_context(
-                    connect(node.ws_url(), compression=None, open_timeout=5, close_timeout=2)
-                )
-                peer = Peer(ws, node)
-                readers.append(asyncio.create_task(peer.read()))
-                await eventually(lambda p=peer: bool(p.events("welcome")), what="welcome")  # type: ignore[misc]
-                peer.id = peer.events("welcome")[0]["clientId"]
-                peers.append(peer)
-            yield peers
-        finally:
-            for task in readers:
-                task.cancel()
-            if readers:
-                await asyncio.wait(readers, timeout=5)
+    """One chat client per entry of ``nodes``, each welcomed, in that order."""
+    async with _peers_on(nodes, "/ws/chat", "clientId") as peers:
+        yield peers
 
 
 async def stats(node: Node) -> dict[str, Any]:
-    return await anyio.to_thread.run_sync(node.stats)
+    return await node.stats()
 
 
 # -- 1. the chat scenarios across three processes -----------------------------------------
@@ -283,7 +161,8 @@ async def test_redis_restart_is_survived(cluster: list[Node], redis_server: Redi
         await eventually(outage_visible, within=5, what="outage in /stats")
         s = await stats(cluster[0])
         assert s["backendDetails"]["last_error"], s
-        assert "WARNING fastapi_orcs_ws.redis: redis publish failed" in cluster[0].log()
+        warning = "WARNING fastapi_orcs_ws.redis: redis: other nodes' clients missed frames"
+        assert warning in cluster[0].log()
 
         redis_server.start()
         back = time.monotonic()

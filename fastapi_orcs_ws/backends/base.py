@@ -28,17 +28,30 @@ class Node(Protocol):
         """Close a local client; False if it is not here."""
         ...
 
-    async def clients_gone(self, clients: Mapping[str, Mapping[str, str]]) -> None:
+    def served_routes(self) -> Collection[str]:
+        """The routes whose vanished clients this process can run disconnect logic for.
+
+        A shared backend hands a vanished client only to a process that serves the client's
+        route (the ``route`` of its ``info``; ``""`` for a client registered without one);
+        a process that serves no route (a worker) never takes one, unless no live process
+        serves that route at all.
+        """
+        ...
+
+    async def clients_gone(self, clients: Mapping[str, Mapping[str, Any]]) -> None:
         """Clients of another process vanished (it died): run their disconnect logic.
 
-        ``clients`` maps each client id to the ``info`` given to :meth:`Backend.add_client`.
+        ``clients`` maps each client id to the ``info`` given to
+        [`Backend.add_client`][fastapi_orcs_ws.backends.Backend.add_client]. Their membership is
+        still in place while this runs (as during a clean close), and is removed when it returns or
+        raises.
         """
         ...
 
 
 @dataclass(frozen=True, slots=True)
 class BackendStats:
-    """Counts across every process the backend spans."""
+    """Counts across every process the backend spans; loss counters of this process."""
 
     connections: int
     rooms: int
@@ -46,10 +59,17 @@ class BackendStats:
     """Sum of all room sizes."""
     healthy: bool = True
     details: dict[str, Any] = field(default_factory=dict)
+    publish_failures: int = 0
+    """Publishes of this process that never reached the other processes (the broker was
+    unreachable or refused): every other process missed that frame."""
+    frames_lost: int = 0
+    """Frames this process handed to the broker for another process that was not listening
+    (its subscription was down, or it had died), one per recipient client there; plus
+    inter-process messages this process received and had to drop."""
 
 
 class Backend(ABC):
-    """Room membership and delivery for a :class:`~fastapi_orcs_ws.WebSocketManager`.
+    """Room membership and delivery for a [`WebSocketManager`][fastapi_orcs_ws.WebSocketManager].
 
     The manager owns the rules (an empty room disappears, a client that goes leaves
     every room, encode once); a backend stores membership and moves encoded frames to
@@ -62,7 +82,8 @@ class Backend(ABC):
 
     @property
     def node(self) -> Node:
-        """The process this backend delivers to; set by :meth:`start`."""
+        """The process this backend delivers to; set by
+        [`start`][fastapi_orcs_ws.backends.Backend.start]."""
         if self._node is None:
             raise RuntimeError("backend not started")
         return self._node
@@ -76,11 +97,21 @@ class Backend(ABC):
         """Disconnect and forget this process's clients."""
 
     @abstractmethod
-    async def add_client(self, client_id: str, info: Mapping[str, str] | None = None) -> None:
+    async def add_client(self, client_id: str, info: Mapping[str, Any] | None = None) -> None:
         """A client connected to this process.
 
-        ``info`` (e.g. the route it connected to) is handed back by
-        :meth:`Node.clients_gone` if this process dies without removing the client.
+        ``info`` (JSON-serialisable: the ``route`` it connected to, and what its disconnect
+        logic needs) is handed back by
+        [`Node.clients_gone`][fastapi_orcs_ws.backends.Node.clients_gone] if this process dies
+        without removing the client.
+        """
+
+    async def client_closing(self, client_id: str) -> None:  # noqa: B027 - optional hook
+        """A client of this process is closing cleanly: its disconnect logic starts here.
+
+        A shared backend records it, so that if this process dies before
+        [`remove_client`][fastapi_orcs_ws.backends.Backend.remove_client], no other process runs
+        that logic a second time. The default does nothing (one process: nobody else could run it).
         """
 
     @abstractmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from typing import Any
 
 from .base import Backend, BackendStats, Node
 from .rooms import RoomIndex
@@ -25,7 +26,7 @@ class MemoryBackend(Backend):
     async def stop(self) -> None:
         self._index.clear()
 
-    async def add_client(self, client_id: str, info: Mapping[str, str] | None = None) -> None:
+    async def add_client(self, client_id: str, info: Mapping[str, Any] | None = None) -> None:
         self._index.add_client(client_id)
 
     async def remove_client(self, client_id: str) -> None:

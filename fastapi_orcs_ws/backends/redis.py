@@ -14,19 +14,29 @@ Options of this backend go in the query string; the others are redis-py's own
 ``node_id``     this process's id (default: host, pid and a random suffix)
 ``max_connections``  size of the connection pool; callers beyond it wait (default 50)
 
-A node whose heartbeat lapsed is reaped by exactly one survivor within about
-``node_ttl + heartbeat`` seconds (13.3 s by default). Keys (``P`` is the prefix):
+A node whose heartbeat lapsed has its clients handed over within ``node_ttl + heartbeat``
+seconds (13.3 s by default) to one process that serves their route, which runs their
+disconnect logic once, then removes them (docs/scaling.md). Keys (``P`` is the prefix):
 
 =============================  ====================================================
 ``P nodes``                    set of registered node ids
-``P alive:{node}``             heartbeat string, expires after ``node_ttl``
+``P alive:{node}``             heartbeat (the process's token), expires after ``node_ttl``
+``P node-routes:{node}``       set of the routes a node serves
 ``P node-clients:{node}``      set of the clients a node holds
 ``P owner``                    hash client id -> node id (its size: the connections)
+``P client-info``              hash client id -> JSON info (its route, ...)
 ``P client-rooms:{client}``    set of a client's rooms
 ``P members:{room}``           set of a room's clients
 ``P room-nodes:{room}``        hash node id -> how many of the room's clients it holds
 ``P rooms``                    set of non-empty rooms
 ``P memberships``              the sum of all room sizes
+``P closing``                  set of clients whose disconnect logic has started
+``P vanished``                 hash client id -> route, of clients waiting for a claimer
+``P vanished:{route}``         set of those clients, per route
+``P vanished-routes``          set of the routes with clients waiting
+``P claimed``                  hash client id -> the node running its disconnect logic
+``P claims:{node}``            set of the clients a node claimed
+``P resyncing``                for ``node_ttl`` after Redis lost its data: route via ``all``
 =============================  ====================================================
 
 Channels: ``P node:{node}`` (frames and commands for one node's clients) and ``P all``
@@ -49,12 +59,13 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import BackendError, ConfigurationError
+from ._redis_scripts import LIB, SCRIPTS
 from .base import Backend, BackendStats, Node
 from .rooms import RoomIndex
 
@@ -70,147 +81,16 @@ logger = logging.getLogger("fastapi_orcs_ws.redis")
 VERSION = 1
 T = TypeVar("T")
 
-_LIB = """
-local P = ARGV[1]
-local function leave(cid, room, owner)
-  if redis.call('SREM', P..'members:'..room, cid) == 0 then return 0 end
-  redis.call('SREM', P..'client-rooms:'..cid, room)
-  if redis.call('HINCRBY', P..'room-nodes:'..room, owner, -1) <= 0 then
-    redis.call('HDEL', P..'room-nodes:'..room, owner)
-  end
-  redis.call('DECR', P..'memberships')
-  if redis.call('SCARD', P..'members:'..room) == 0 then
-    redis.call('SREM', P..'rooms', room)
-    redis.call('DEL', P..'room-nodes:'..room)
-  end
-  return 1
-end
-local function join(cid, room, owner)
-  if redis.call('SADD', P..'members:'..room, cid) == 0 then return 0 end
-  redis.call('SADD', P..'client-rooms:'..cid, room)
-  redis.call('HINCRBY', P..'room-nodes:'..room, owner, 1)
-  redis.call('INCR', P..'memberships')
-  redis.call('SADD', P..'rooms', room)
-  return 1
-end
-local function add(cid, node, info)
-  redis.call('HSET', P..'owner', cid, node)
-  redis.call('SADD', P..'node-clients:'..node, cid)
-  if info and info ~= '' then redis.call('HSET', P..'client-info', cid, info) end
-end
-local function remove(cid)
-  local owner = redis.call('HGET', P..'owner', cid)
-  if not owner then return 0 end
-  for _, room in ipairs(redis.call('SMEMBERS', P..'client-rooms:'..cid)) do
-    leave(cid, room, owner)
-  end
-  redis.call('DEL', P..'client-rooms:'..cid)
-  redis.call('HDEL', P..'owner', cid)
-  redis.call('HDEL', P..'client-info', cid)
-  redis.call('SREM', P..'node-clients:'..owner, cid)
-  return 1
-end
-local function drop_node(node)
-  local gone = {}
-  for _, cid in ipairs(redis.call('SMEMBERS', P..'node-clients:'..node)) do
-    table.insert(gone, cid)
-    table.insert(gone, redis.call('HGET', P..'client-info', cid) or '')
-    remove(cid)
-  end
-  redis.call('DEL', P..'node-clients:'..node)
-  redis.call('SREM', P..'nodes', node)
-  return gone
-end
-local function excluded(key, first)
-  local n = 0
-  for i = first, #ARGV do
-    if redis.call('SISMEMBER', key, ARGV[i]) == 1 then n = n + 1 end
-  end
-  return n
-end
-"""
-
-_SCRIPTS = {
-    # ARGV: P, node, cid, info (JSON)
-    "add": "add(ARGV[3], ARGV[2], ARGV[4]) return 1",
-    # ARGV: P, cid
-    "remove": "return remove(ARGV[2])",
-    # ARGV: P, cid, room, self, register (0/1), command for the owner -> owner or false
-    "join": """
-if ARGV[5] == '1' then add(ARGV[2], ARGV[4]) end
-local owner = redis.call('HGET', P..'owner', ARGV[2])
-if not owner then return false end
-join(ARGV[2], ARGV[3], owner)
-if owner ~= ARGV[4] then redis.call('PUBLISH', P..'node:'..owner, ARGV[6]) end
-return owner""",
-    # ARGV: P, cid, room, self, command for the owner -> 1 if it was in the room
-    "leave": """
-local owner = redis.call('HGET', P..'owner', ARGV[2])
-if not owner then return 0 end
-local left = leave(ARGV[2], ARGV[3], owner)
-if left == 1 and owner ~= ARGV[4] then redis.call('PUBLISH', P..'node:'..owner, ARGV[5]) end
-return left""",
-    # ARGV: P, room, self, message, excluded... -> how many members were addressed
-    "publish_room": """
-for _, node in ipairs(redis.call('HKEYS', P..'room-nodes:'..ARGV[2])) do
-  if node ~= ARGV[3] then redis.call('PUBLISH', P..'node:'..node, ARGV[4]) end
-end
-local key = P..'members:'..ARGV[2]
-return redis.call('SCARD', key) - excluded(key, 5)""",
-    # ARGV: P, message, excluded... -> how many clients were addressed
-    "publish_all": """
-redis.call('PUBLISH', P..'all', ARGV[2])
-local n = redis.call('HLEN', P..'owner')
-for i = 3, #ARGV do n = n - redis.call('HEXISTS', P..'owner', ARGV[i]) end
-return n""",
-    # ARGV: P, cid, self, message -> 1 sent, 0 unknown client, -1 owned by self
-    "send": """
-local owner = redis.call('HGET', P..'owner', ARGV[2])
-if not owner then return 0 end
-if owner == ARGV[3] then return -1 end
-redis.call('PUBLISH', P..'node:'..owner, ARGV[4])
-return 1""",
-    # ARGV: P, node, ttl ms -> 1 if the node was not registered (new, forgotten or reaped)
-    "heartbeat": """
-redis.call('SET', P..'alive:'..ARGV[2], '1', 'PX', ARGV[3])
-return redis.call('SADD', P..'nodes', ARGV[2])""",
-    # ARGV: P, self -> {node, {client, info, ...}, node, {...}, ...} of the nodes reaped now
-    "reap": """
-local out = {}
-for _, node in ipairs(redis.call('SMEMBERS', P..'nodes')) do
-  if node ~= ARGV[2] and redis.call('EXISTS', P..'alive:'..node) == 0 then
-    table.insert(out, node)
-    table.insert(out, drop_node(node))
-  end
-end
-return out""",
-    # ARGV: P, node, JSON {client: [rooms]}, JSON {client: info}
-    # -> make Redis hold exactly this node's view
-    "sync": """
-local node = ARGV[2]
-local want = cjson.decode(ARGV[3])
-local infos = cjson.decode(ARGV[4])
-for _, cid in ipairs(redis.call('SMEMBERS', P..'node-clients:'..node)) do
-  if want[cid] == nil then remove(cid) end
-end
-for cid, rooms in pairs(want) do
-  local owner = redis.call('HGET', P..'owner', cid)
-  if owner and owner ~= node then remove(cid) end
-  add(cid, node, infos[cid])
-  local keep = {}
-  for _, room in ipairs(rooms) do keep[room] = true; join(cid, room, node) end
-  for _, room in ipairs(redis.call('SMEMBERS', P..'client-rooms:'..cid)) do
-    if not keep[room] then leave(cid, room, node) end
-  end
-end
-return 1""",
-    # ARGV: P, node
-    "drop": "redis.call('DEL', P..'alive:'..ARGV[2]) drop_node(ARGV[2]) return 1",
-    # ARGV: P
-    "stats": """
-return {redis.call('HLEN', P..'owner'), redis.call('SCARD', P..'rooms'),
-        tonumber(redis.call('GET', P..'memberships') or '0')}""",
-}
+CHUNK = 500
+"""Most memberships or clients one script call handles: a few milliseconds of Redis time."""
+MAX_REAP_ROUNDS = 20
+"""Script calls one sweep makes at most; what is left waits for the next heartbeat."""
+SUBSCRIBE_TIMEOUT = 5.0
+"""Seconds `RedisBackend.start` waits for its subscription when Redis answers."""
+LEAVE_DEADLINE = 5.0
+"""Seconds `RedisBackend.stop` spends handing this node's clients over."""
+LOSS_LOG_INTERVAL = 5.0
+"""Seconds between two warnings about lost frames (each says how many since the last)."""
 
 _OPTIONS = ("node_ttl", "heartbeat", "prefix", "max_frame", "node_id", "max_connections")
 
@@ -225,7 +105,8 @@ class RedisBackend(Backend):
         ```
 
     A process without sockets (a worker) uses the same URL and calls
-    ``broadcast_to_room`` or ``send_to_client``.
+    ``broadcast_to_room`` or ``send_to_client``; it never runs another process's
+    disconnect logic (it serves no route).
     """
 
     name = "redis"
@@ -267,17 +148,32 @@ class RedisBackend(Backend):
         # is written back to Redis after an outage.
         self._index = RoomIndex()
         self._info: dict[str, str] = {}  # client -> JSON info, kept for reaping and re-sync
+        self._closing: set[str] = set()  # local clients whose disconnect logic started
+        self._removed: set[str] = set()  # removed here; not yet known to be removed in Redis
+        self._claims: set[str] = set()  # vanished clients this node claimed, not yet finished
+        self._in_handler: set[str] = set()  # claimed clients whose disconnect logic runs now
+        self._peers = "{}"  # JSON {node: clients it holds} of the live peers at the last sweep
+        self._token = uuid.uuid4().hex  # this run of the process, in its heartbeat key
+        self._beats = 0
         self._mutations = 0
         self._dirty = True
+        self._stopping = False
         self._wake = asyncio.Event()
-        # Health
+        self._kick_listener = asyncio.Event()
+        self._subscription = asyncio.Event()
+        # Health and loss counters
         self._down = False
         self._listening = False
         self._publish_failures = 0
+        self._frames_lost = 0
         self._unlogged_failures = 0
-        self._last_failure_log = 0.0
+        self._unlogged_lost = 0
+        self._last_loss_log = -LOSS_LOG_INTERVAL
         self._reconnects = 0
         self._reaped = 0
+        self._claimed = 0
+        self._orphaned = 0
+        self._not_rerun = 0
         self._last_error: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -289,6 +185,7 @@ class RedisBackend(Backend):
 
         self._node = node
         self._dirty = True
+        self._stopping = False
         if self.max_frame is None:
             limit: int | None = node.max_payload_length
             self.max_frame = limit if isinstance(limit, int) else None
@@ -306,50 +203,124 @@ class RedisBackend(Backend):
         )
         self._redis = Redis.from_pool(pool)  # owns the pool: aclose() closes its sockets
         self._scripts = {
-            name: self._redis.register_script(_LIB + body) for name, body in _SCRIPTS.items()
+            name: self._redis.register_script(LIB + body) for name, body in SCRIPTS.items()
         }
         await self._beat()
         loop = asyncio.get_running_loop()
+        self._subscription = asyncio.Event()
         self._tasks = [
             loop.create_task(self._listen(), name=f"orcs-redis-listener-{self.node_id}"),
             loop.create_task(self._heartbeat_loop(), name=f"orcs-redis-heartbeat-{self.node_id}"),
         ]
+        if not self._down:
+            # Started means listening: a frame for our clients sent right after start()
+            # returns must reach us. (Redis away: start now, the listener keeps trying.)
+            try:
+                await asyncio.wait_for(self._subscription.wait(), SUBSCRIBE_TIMEOUT)
+            except TimeoutError:
+                logger.warning(
+                    "redis listener of node %s not subscribed after %.0f s; still trying",
+                    self.node_id,
+                    SUBSCRIBE_TIMEOUT,
+                )
 
     async def stop(self) -> None:
+        """Stop the loops, hand this node's remaining clients over, disconnect.
+
+        Clients still registered here (their connection was never closed) go to a
+        process that serves their route, which runs their disconnect logic; clients whose
+        disconnect logic started here are only removed. Returns within about
+        ``LEAVE_DEADLINE`` seconds even if Redis is slow; what is left then is reaped
+        after ``node_ttl``.
+        """
+        self._stopping = True  # the loops check it too: a swallowed cancel cannot stall us
+        self._wake.set()
+        self._kick_listener.set()
         tasks = [*self._tasks, *self._spawned]
         for task in tasks:
             task.cancel()
         if tasks:
-            # redis-py can swallow a cancellation that races a read timeout; the loops
-            # also check for it themselves, so this wait is short.
             _, pending = await asyncio.wait(tasks, timeout=5)
             for task in pending:
                 logger.warning("redis backend task %s did not stop", task.get_name())
         self._tasks.clear()
         if self._redis is not None:
             try:
-                await self._run("drop", self.node_id)
+                await self._leave_cluster()
             except BackendError as exc:
-                logger.warning("could not remove node %s from Redis: %s", self.node_id, exc)
+                logger.warning(
+                    "could not remove node %s from Redis (%s); the others reap it after %.1f s",
+                    self.node_id,
+                    exc,
+                    self.node_ttl,
+                )
             await self._redis.aclose()
             self._redis = None
         self._index.clear()
+        self._info.clear()
+        self._closing.clear()
+        self._removed.clear()
+        self._claims.clear()
+        self._in_handler.clear()
+
+    async def _leave_cluster(self) -> None:
+        deadline = time.monotonic() + LEAVE_DEADLINE
+        handed = 0
+        while True:
+            done, moved = await self._run("drop", self.node_id, str(CHUNK))
+            handed += int(moved)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                logger.warning(
+                    "node %s handed %d clients over before its deadline; the others reap "
+                    "the rest after %.1f s",
+                    self.node_id,
+                    handed,
+                    self.node_ttl,
+                )
+                return
+        if handed:
+            logger.info("node %s left; %d clients handed over", self.node_id, handed)
 
     # -- membership ---------------------------------------------------------------------
 
-    async def add_client(self, client_id: str, info: Mapping[str, str] | None = None) -> None:
+    async def add_client(self, client_id: str, info: Mapping[str, Any] | None = None) -> None:
         self._index.add_client(client_id)
-        encoded = json.dumps(dict(info)) if info else ""
+        self._removed.discard(client_id)
+        encoded = json.dumps(dict(info), separators=(",", ":"), default=str) if info else ""
         if encoded:
             self._info[client_id] = encoded
         self._mutations += 1
         await self._write("add", self.node_id, client_id, encoded)
 
+    async def client_closing(self, client_id: str) -> None:
+        if client_id not in self._index.client_rooms:
+            return
+        self._closing.add(client_id)
+        self._mutations += 1
+        await self._write("closing", client_id, self.node_id)
+
     async def remove_client(self, client_id: str) -> None:
         self._info.pop(client_id, None)
+        self._closing.discard(client_id)
         self._index.remove_client(client_id)
         self._mutations += 1
-        await self._write("remove", client_id)
+        # Until Redis confirms, a resync must not mistake it for a client of a dead run.
+        self._removed.add(client_id)
+        if self._redis is None:
+            return
+        try:
+            await self._remove(client_id)
+        except BackendError as exc:
+            self._dirty = True
+            logger.warning("removal of %s not written to Redis (%s); will resync", client_id, exc)
+        else:
+            self._removed.discard(client_id)
+
+    async def _remove(self, client_id: str) -> None:
+        while await self._run("remove", client_id, str(CHUNK)):
+            pass
 
     async def join(self, client_id: str, room: str) -> bool:
         if self._index.join(client_id, room):
@@ -357,8 +328,13 @@ class RedisBackend(Backend):
             await self._write("join", client_id, room, self.node_id, "1", "")
             return True
         command = self._message("join", c=client_id, r=room)
-        owner = await self._run("join", client_id, room, self.node_id, "0", command)
-        return owner is not None
+        result = await self._run("join", client_id, room, self.node_id, "0", command)
+        if not result:
+            return False
+        owner, receivers = result
+        if int(receivers) == 0:
+            self._lost(1, f"join of {client_id} to {room!r}: node {owner} is not listening")
+        return True
 
     async def leave(self, client_id: str, room: str) -> bool:
         if client_id in self._index.client_rooms:
@@ -368,7 +344,10 @@ class RedisBackend(Backend):
             await self._write("leave", client_id, room, self.node_id, "")
             return True
         command = self._message("leave", c=client_id, r=room)
-        return bool(await self._run("leave", client_id, room, self.node_id, command))
+        left, receivers = await self._run("leave", client_id, room, self.node_id, command)
+        if left and int(receivers) == 0:
+            self._lost(1, f"leave of {client_id} from {room!r}: its node is not listening")
+        return bool(left)
 
     async def room_clients(self, room: str) -> set[str]:
         key = self.prefix + "members:" + room
@@ -388,10 +367,15 @@ class RedisBackend(Backend):
             "node_id": self.node_id,
             "listener": "subscribed" if self._listening else "down",
             "publish_failures": self._publish_failures,
+            "frames_lost": self._frames_lost,
             "reconnects": self._reconnects,
             "reaped_nodes": self._reaped,
+            "claimed_clients": self._claimed,
+            "orphaned_clients": self._orphaned,
+            "not_rerun_clients": self._not_rerun,
             "last_error": self._last_error,
         }
+        losses = {"publish_failures": self._publish_failures, "frames_lost": self._frames_lost}
         try:
             connections, rooms, memberships = await self._run("stats")
         except BackendError:
@@ -403,6 +387,7 @@ class RedisBackend(Backend):
                 memberships=self._index.memberships(),
                 healthy=False,
                 details=details,
+                **losses,
             )
         details["scope"] = "cluster"
         return BackendStats(
@@ -411,6 +396,7 @@ class RedisBackend(Backend):
             memberships=int(memberships),
             healthy=self._listening and not self._down,
             details=details,
+            **losses,
         )
 
     # -- delivery -----------------------------------------------------------------------
@@ -419,29 +405,54 @@ class RedisBackend(Backend):
         self._check_size(frame)
         local = self.node.deliver_local(frame, None, exclude)
         message = self._message("all", frame, x=list(exclude))
-        total = await self._publish("publish_all", message, *exclude)
-        return local if total is None else int(total)
+        result = await self._publish(
+            "publish_all", self.node_id, message, _json_list(exclude), self._peers
+        )
+        if result is None:
+            return local
+        addressed, lost = result
+        if lost:
+            self._lost(int(lost), "a broadcast reached Redis; some nodes were not listening")
+        return int(addressed)
 
     async def publish_room(self, room: str, frame: str, exclude: Collection[str]) -> int:
         self._check_size(frame)
         members = self._index.members(room)
         local = self.node.deliver_local(frame, members, exclude) if members else 0
         message = self._message("room", frame, r=room, x=list(exclude))
-        total = await self._publish("publish_room", room, self.node_id, message, *exclude)
-        return local if total is None else int(total)
+        result = await self._publish(
+            "publish_room", room, self.node_id, message, _json_list(exclude), self._peers
+        )
+        if result is None:
+            return local
+        addressed, lost = result
+        if lost:
+            self._lost(int(lost), f"a frame to room {room!r}: some nodes were not listening")
+        return int(addressed)
 
     async def publish_client(self, client_id: str, frame: str) -> bool:
         self._check_size(frame)
         if client_id in self._index.client_rooms:
             return self.node.deliver_local(frame, (client_id,), ()) == 1
         message = self._message("client", frame, c=client_id)
-        return bool(await self._publish("send", client_id, self.node_id, message) == 1)
+        result = await self._publish("send", client_id, self.node_id, message)
+        if result is None:
+            return False
+        sent, lost = result
+        if lost:
+            self._lost(1, f"a frame to {client_id}: its node is not listening")
+            return False
+        return bool(sent == 1)
 
     async def disconnect_client(self, client_id: str, code: int, reason: str) -> bool:
         if client_id in self._index.client_rooms:
             return await self.node.close_local(client_id, code, reason)
         message = self._message("close", c=client_id, code=code, reason=reason)
-        return bool(await self._run("send", client_id, self.node_id, message) == 1)
+        sent, lost = await self._run("send", client_id, self.node_id, message)
+        if lost:
+            self._lost(1, f"the close of {client_id}: its node is not listening")
+            return False
+        return bool(sent == 1)
 
     def _check_size(self, frame: str) -> None:
         limit = self.max_frame
@@ -493,17 +504,29 @@ class RedisBackend(Backend):
     def _publish_failed(self, error: str) -> None:
         self._publish_failures += 1
         self._unlogged_failures += 1
+        self._report_losses(error)
+
+    def _lost(self, frames: int, why: str) -> None:
+        self._frames_lost += frames
+        self._unlogged_lost += frames
+        self._report_losses(why)
+
+    def _report_losses(self, why: str) -> None:
         now = time.monotonic()
-        if now - self._last_failure_log >= 5.0:
-            logger.warning(
-                "redis publish failed (%d since last report, %d in total): %s; "
-                "other nodes miss these frames, local clients still get them",
-                self._unlogged_failures,
-                self._publish_failures,
-                error,
-            )
-            self._unlogged_failures = 0
-            self._last_failure_log = now
+        if now - self._last_loss_log < LOSS_LOG_INTERVAL:
+            return
+        logger.warning(
+            "redis: other nodes' clients missed frames: %d failed publishes and %d lost "
+            "frames since the last report (%d and %d in total, see get_stats()); local "
+            "clients got theirs; last: %s",
+            self._unlogged_failures,
+            self._unlogged_lost,
+            self._publish_failures,
+            self._frames_lost,
+            why,
+        )
+        self._unlogged_failures = self._unlogged_lost = 0
+        self._last_loss_log = now
 
     def _failed(self, exc: BaseException) -> None:
         self._last_error = f"{type(exc).__name__}: {exc}"
@@ -512,61 +535,177 @@ class RedisBackend(Backend):
         self._down = True
         self._dirty = True
 
-    # -- background tasks ---------------------------------------------------------------
+    # -- heartbeat, resync and reaping --------------------------------------------------
 
     async def _beat(self) -> None:
-        """Heartbeat, write membership back if needed, reap dead nodes."""
+        """Heartbeat, write membership back if needed, finish claims, reap dead nodes."""
+        routes = _json_list(sorted(self.node.served_routes()))
         try:
-            forgotten = await self._run("heartbeat", self.node_id, str(int(self.node_ttl * 1000)))
-            if forgotten or self._dirty:
+            registered, foreign = await self._run(
+                "heartbeat",
+                self.node_id,
+                str(int(self.node_ttl * 1000)),
+                self._token,
+                routes,
+                "1" if self._beats else "0",
+            )
+            if foreign and self._beats:
+                logger.error(
+                    "another process beats with node_id %r: give every process its own "
+                    "node_id (or leave it out of WS_BACKEND_URL)",
+                    self.node_id,
+                )
+            if registered and self._beats:
+                logger.warning(
+                    "redis forgot node %s (it restarted empty, or reaped this node while it "
+                    "was cut off); rewriting its membership, room frames go to every node "
+                    "for %.1f s",
+                    self.node_id,
+                    self.node_ttl,
+                )
+            self._beats += 1
+            if registered or self._dirty:
                 await self._sync()
         except BackendError:
             return
         if self._down:
             self._down = False
+            self._kick_listener.set()
             logger.warning("redis reachable again; membership of node %s rewritten", self.node_id)
-        await self._reap()
+        await self._finish_claims(list(self._claims - self._in_handler))
+        await self._reap(routes)
 
     async def _sync(self) -> None:
+        """Make Redis hold this node's view, in bounded chunks; hand strays over."""
         before = self._mutations
         self._dirty = False
-        view = {cid: sorted(rooms) for cid, rooms in self._index.client_rooms.items()}
-        infos = {cid: info for cid, info in self._info.items() if cid in view}
-        await self._run(
-            "sync",
-            self.node_id,
-            json.dumps(view) if view else "{}",
-            json.dumps(infos) if infos else "{}",
-        )
+        entries: list[list[Any]] = []
+        size = 0
+        extra: list[str] = []
+        view = [(cid, list(rooms)) for cid, rooms in self._index.client_rooms.items()]
+        for cid, rooms in view:
+            info, closing = self._info.get(cid, ""), int(cid in self._closing)
+            for start in range(0, max(len(rooms), 1), CHUNK):
+                part = rooms[start : start + CHUNK]
+                if entries and size + len(part) + 1 > CHUNK:
+                    extra += await self._run("sync", self.node_id, json.dumps(entries))
+                    entries, size = [], 0
+                final = len(rooms) if start + CHUNK >= len(rooms) else -1
+                entries.append([cid, info, closing, part, final])
+                size += len(part) + 1
+        if entries:
+            extra += await self._run("sync", self.node_id, json.dumps(entries))
+        for cid in extra:  # Redis has it in rooms it left here: leave them there too
+            await self._leave_stray_rooms(cid)
+        await self._hand_over_strays("node-clients:", "hand_over_clients", self._index.client_rooms)
+        await self._hand_over_strays("claims:", "hand_over_claims", self._claims)
         if self._mutations != before:
             self._dirty = True  # changed meanwhile: write again on the next beat
 
-    async def _reap(self) -> None:
-        try:
-            found = await self._run("reap", self.node_id)
-        except BackendError:
-            return
-        for dead, clients in zip(found[::2], found[1::2], strict=True):
-            self._reaped += 1
+    async def _leave_stray_rooms(self, client_id: str) -> None:
+        assert self._redis is not None
+        key = self.prefix + "client-rooms:" + client_id
+        stray: list[str] = []
+        async for room in self._redis.sscan_iter(key, count=CHUNK):
+            rooms = self._index.client_rooms.get(client_id)
+            if rooms is not None and room not in rooms:
+                stray.append(room)
+        for start in range(0, len(stray), CHUNK):
+            part = stray[start : start + CHUNK]
+            await self._run("leave_rooms", client_id, self.node_id, json.dumps(part))
+
+    async def _hand_over_strays(self, key: str, script: str, mine: Collection[str]) -> None:
+        """Entries Redis has under this node id that this process does not hold."""
+        assert self._redis is not None
+        stray: list[str] = []
+        removed: list[str] = []
+        clients = script == "hand_over_clients"
+        async for cid in self._redis.sscan_iter(self.prefix + key + self.node_id, count=CHUNK):
+            if cid not in mine:
+                (removed if clients and cid in self._removed else stray).append(cid)
+        for cid in removed:  # removed here while Redis was away: a clean close, no logic
+            await self._remove(cid)
+            self._removed.discard(cid)
+        handed = 0
+        for start in range(0, len(stray), CHUNK):
+            part = json.dumps(stray[start : start + CHUNK])
+            handed += int(await self._run(script, self.node_id, part))
+        if handed:
             logger.warning(
-                "node %s missed its heartbeat for %.1f s: reaped its %d clients",
-                dead,
-                self.node_ttl,
-                len(clients) // 2,
+                "node %s found %d %s of a previous run under its id; handed over to a "
+                "process that serves their route",
+                self.node_id,
+                handed,
+                "clients" if script == "hand_over_clients" else "unfinished claims",
             )
-            if clients:
-                gone = {
-                    cid: json.loads(info) if info else {}
-                    for cid, info in zip(clients[::2], clients[1::2], strict=True)
-                }
-                # Not awaited here: slow disconnect logic must not delay our own heartbeat.
-                self._spawn(self.node.clients_gone(gone))
+
+    async def _reap(self, routes: str) -> None:
+        for _ in range(MAX_REAP_ROUNDS):
+            try:
+                dead, claimed, peers, more = await self._run(
+                    "reap", self.node_id, str(CHUNK), routes
+                )
+            except BackendError:
+                return
+            self._peers = json.dumps(
+                {str(n): int(c) for n, c in zip(peers[::2], peers[1::2], strict=True)}
+            )
+            for node, moved, done in dead:
+                if done:
+                    self._reaped += 1
+                logger.warning(
+                    "node %s missed its heartbeat for %.1f s: %d clients handed over%s",
+                    node,
+                    self.node_ttl,
+                    moved,
+                    "" if done else " (more to come)",
+                )
+            if claimed:
+                ids = [str(entry[0]) for entry in claimed]
+                self._claims.update(ids)  # now, so that no resync takes them for strays
+                self._in_handler.update(ids)
+                self._spawn(self._run_claimed(ids, claimed))
+            if not more:
+                return
+
+    async def _run_claimed(self, ids: list[str], claimed: list[list[Any]]) -> None:
+        """Run the disconnect logic of claimed clients, then remove them."""
+        gone: dict[str, dict[str, Any]] = {}
+        for cid, info, started, orphan in claimed:
+            if started:
+                self._not_rerun += 1  # its logic started on a node that died: not again
+                continue
+            self._claimed += 1
+            self._orphaned += int(orphan)
+            gone[str(cid)] = _decode_info(info)
+        try:
+            if gone:
+                await self.node.clients_gone(gone)
+        except asyncio.CancelledError:
+            raise  # stopping: drop() hands these claims over, they are not run again
+        except Exception:
+            logger.exception("disconnect logic for %d vanished clients failed", len(gone))
+        finally:
+            self._in_handler.difference_update(ids)
+        await self._finish_claims(ids)
+
+    async def _finish_claims(self, client_ids: Iterable[str]) -> None:
+        """Remove claimed clients whose disconnect logic ended (retried on each beat)."""
+        for cid in client_ids:
+            try:
+                while await self._run("finish", self.node_id, cid, str(CHUNK)):
+                    pass
+            except BackendError:
+                return  # Redis is away: the next beat retries
+            self._claims.discard(cid)
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stopping:
             delay = min(self.heartbeat, 0.5) if self._down else self.heartbeat
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
+            if self._stopping:
+                return
             _check_cancelled()
             self._wake.clear()
             try:
@@ -574,10 +713,12 @@ class RedisBackend(Backend):
             except Exception:
                 logger.exception("redis heartbeat failed")
 
+    # -- the listener -------------------------------------------------------------------
+
     async def _listen(self) -> None:
         """Keep one subscription alive: reconnect with backoff, forever."""
         backoff = 0.1
-        while True:
+        while not self._stopping:
             pubsub: PubSub | None = None
             _check_cancelled()
             try:
@@ -588,24 +729,31 @@ class RedisBackend(Backend):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._last_error = f"{type(exc).__name__}: {exc}"
                 if self._listening:
                     backoff = 0.1
-                    self._failed(exc)
                     logger.warning("redis listener lost (%s); reconnecting", exc)
-                else:
-                    self._last_error = f"{type(exc).__name__}: {exc}"
+                # Commands may still work (only our subscription was cut): the heartbeat
+                # probes now, and it alone decides that Redis is down.
+                self._dirty = True
+                self._wake.set()
             finally:
                 self._listening = False
                 if pubsub is not None:
                     with suppress(Exception):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(backoff * (0.5 + random.random()))
+            # The heartbeat kicks us as soon as Redis answers again.
+            self._kick_listener.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._kick_listener.wait(), backoff * (0.5 + random.random())
+                )
             backoff = min(backoff * 2, 2.0)
 
     async def _receive(self, pubsub: PubSub) -> None:
         last_seen = time.monotonic()
         last_ping = last_seen
-        while True:
+        while not self._stopping:
             message = await pubsub.get_message(timeout=min(1.0, self.heartbeat))
             _check_cancelled()
             now = time.monotonic()
@@ -618,6 +766,7 @@ class RedisBackend(Backend):
                     try:
                         self._handle(message["data"])
                     except Exception:
+                        self._lost(1, "an inter-node message failed (see the error logged)")
                         logger.exception("dropped an inter-node message that failed")
                 continue
             if now - last_seen > 3 * self.heartbeat:
@@ -629,6 +778,7 @@ class RedisBackend(Backend):
 
     def _subscribed(self) -> None:
         self._listening = True
+        self._subscription.set()
         if self._tasks and self._last_error is not None:
             self._reconnects += 1
             logger.warning("redis listener resubscribed (reconnect %d)", self._reconnects)
@@ -640,14 +790,16 @@ class RedisBackend(Backend):
         try:
             head = json.loads(head_text)
         except ValueError:
-            logger.warning("dropped a malformed inter-node message")
+            self._lost(1, "a malformed inter-node message")
             return
-        if head.get("v") != VERSION:
-            logger.warning("dropped an inter-node message of version %r", head.get("v"))
+        if not isinstance(head, dict) or head.get("v") != VERSION:
+            version = head.get("v") if isinstance(head, dict) else None
+            self._lost(1, f"an inter-node message of version {version!r}")
+            logger.warning("dropped an inter-node message of version %r", version)
             return
+        if head.get("o") == self.node_id:
+            return  # our own broadcast (local clients already have it)
         kind = head.get("k")
-        if head.get("o") == self.node_id and kind == "all":
-            return
         node = self.node
         if kind == "room":
             members = self._index.members(head["r"])
@@ -669,12 +821,26 @@ class RedisBackend(Backend):
             if changed:
                 self._mutations += 1
         else:
-            logger.warning("dropped an inter-node message of kind %r", kind)
+            self._lost(1, f"an inter-node message of kind {kind!r}")
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
+
+
+def _json_list(items: Iterable[str]) -> str:
+    return json.dumps(list(items), separators=(",", ":"))
+
+
+def _decode_info(info: str) -> dict[str, Any]:
+    if not info:
+        return {}
+    try:
+        decoded = json.loads(info)
+    except ValueError:
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
 
 
 def _check_cancelled() -> None:
