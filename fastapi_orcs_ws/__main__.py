@@ -1,8 +1,8 @@
 """Command line: ``python -m fastapi_orcs_ws COMMAND``.
 
 ``typescript MODULE:APP [-o FILE]``
-    Write the TypeScript types of the app's events (see :mod:`fastapi_orcs_ws.typescript`)
-    to standard output or ``FILE``.
+    Write the TypeScript types of the app's events (see
+    [`fastapi_orcs_ws.typescript`][fastapi_orcs_ws.typescript]) to standard output or ``FILE``.
 ``client DIRECTORY``
     Copy the client, ``orcs-client.js`` and its types ``orcs-client.d.ts``, into ``DIRECTORY``
     (for a bundler or a Node program; browsers can load it from the app instead).

@@ -17,13 +17,13 @@ __all__ = [
 ]
 
 SCOPE_CONNECTION = "fastapi_orcs_ws.connection"
-"""The :class:`~fastapi_orcs_ws.Connection` being served."""
+"""The [`Connection`][fastapi_orcs_ws.Connection] being served."""
 SCOPE_MANAGER = "fastapi_orcs_ws.manager"
 """The manager of the router serving this WebSocket."""
 SCOPE_AUTHENTICATOR = "fastapi_orcs_ws.authenticator"
 """The authenticator of the route serving this WebSocket."""
 SCOPE_ROUTE = "fastapi_orcs_ws.route"
-"""The :class:`~fastapi_orcs_ws.EventRoute` serving this WebSocket."""
+"""The [`EventRoute`][fastapi_orcs_ws.EventRoute] serving this WebSocket."""
 SCOPE_ASGI_SEND = "fastapi_orcs_ws.asgi_send"
 """The route's ASGI ``send`` callable (what Starlette's WebSocket wraps)."""
 SCOPE_ASGI_RECEIVE = "fastapi_orcs_ws.asgi_receive"

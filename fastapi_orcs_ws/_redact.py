@@ -4,15 +4,15 @@ uvicorn writes each WebSocket handshake line, query string included, to ``uvicor
 (``--no-access-log`` does not hide it); at DEBUG the ``websockets`` sans-I/O protocol that
 uvicorn drives logs every request header (``Authorization``, ``Sec-WebSocket-Protocol``) on
 ``uvicorn.error`` as well; at TRACE ``uvicorn.asgi`` dumps whole scopes.
-:func:`install_log_redaction` rewrites such records before any handler sees them.
+`install_log_redaction` rewrites such records before any handler sees them.
 
 Two hooks, both idempotent:
 
-* a :func:`logging.setLogRecordFactory` wrapper (chaining the previous factory) redacts every
+* a `logging.setLogRecordFactory` wrapper (chaining the previous factory) redacts every
   record created on a watched logger *or any child of one* -- it does not depend on handlers,
   so uvicorn's ``dictConfig`` (which runs before the app is imported, and may run again) cannot
   undo it;
-* a :class:`logging.Filter` on each watched logger, in case the record factory is later
+* a `logging.Filter` on each watched logger, in case the record factory is later
   replaced without chaining. (Logger filters survive ``dictConfig``.)
 
 What is redacted (message, each argument, ``color_message``, traceback and stack text):

@@ -3,18 +3,21 @@
 The same surface as the JavaScript client (``orcs-client.js``), for services, scripts and
 tests against a real server:
 
-- :meth:`Client.emit` sends an event; :meth:`Client.request` sends it with an id and returns
-  the ``ack`` payload, raising :class:`~fastapi_orcs_ws.EventError` on an ``error`` answer and
-  :class:`RequestTimeoutError` when none comes in time;
-- :meth:`Client.on` / :meth:`Client.off` register handlers for server events and for the
+- [`Client.emit`][fastapi_orcs_ws.client.Client.emit] sends an event;
+  [`Client.request`][fastapi_orcs_ws.client.Client.request] sends it with an id and returns the
+  ``ack`` payload, raising [`EventError`][fastapi_orcs_ws.EventError] on an ``error`` answer and
+  [`RequestTimeoutError`][fastapi_orcs_ws.client.RequestTimeoutError] when none comes in time;
+- [`Client.on`][fastapi_orcs_ws.client.Client.on] /
+  [`Client.off`][fastapi_orcs_ws.client.Client.off] register handlers for server events and for the
   client's own ``open``, ``close``, ``reconnect`` and ``recovery`` events;
-- it reconnects by itself with capped exponential backoff and full jitter (:class:`Backoff`),
-  stops on :meth:`Client.close`, on close codes 1000 and 4403, and on 4401 unless the
-  ``token`` callback (asked before each reconnect) gives a new token;
+- it reconnects by itself with capped exponential backoff and full jitter
+  ([`Backoff`][fastapi_orcs_ws.client.Backoff]), stops on
+  [`Client.close`][fastapi_orcs_ws.client.Client.close], on close codes 1000 and 4403, and on 4401
+  unless the ``token`` callback (asked before each reconnect) gives a new token;
 - it remembers the last room position (``room``, ``offset``, ``epoch`` at the envelope's top
   level) per room and sends it as ``since`` when it rejoins the room after a reconnect;
 - emits and requests made while disconnected wait in a buffer of ``buffer_size`` frames (100);
-  one more raises :class:`BufferFullError`.
+  one more raises [`BufferFullError`][fastapi_orcs_ws.client.BufferFullError].
 
 Errors::
 
@@ -166,7 +169,8 @@ class _Queued:
 
 
 def connect(url: str, **options: Any) -> Client:
-    """A :class:`Client` for ``url``; ``async with connect(url) as c:`` waits until it is open."""
+    """A [`Client`][fastapi_orcs_ws.client.Client] for ``url``; ``async with connect(url) as c:``
+    waits until it is open."""
     return Client(url, **options)
 
 
@@ -179,7 +183,8 @@ class Client:
             connection and before each reconnect. Sent as the ``["token", JWT]``
             subprotocol, or as ``?token=`` with ``token_in="query"`` (which ends up in logs).
         subprotocols: more subprotocols to offer, after ``"token", JWT``.
-        reconnect: a :class:`Backoff`, ``True`` for the default one, ``False`` for none.
+        reconnect: a [`Backoff`][fastapi_orcs_ws.client.Backoff], ``True`` for the default one,
+            ``False`` for none.
         buffer_size: emits and requests kept while disconnected (default 100).
         timeout: default request timeout in seconds (10).
         open_timeout: seconds for one connection attempt, handshake included (10).
@@ -313,7 +318,7 @@ class Client:
                 the rest of its payload in ``extra``).
             RequestTimeoutError: no answer within ``timeout`` seconds (the client's default).
             DisconnectedError: the connection dropped before the answer.
-            BufferFullError, ClientClosedError: as for :meth:`emit`.
+            BufferFullError, ClientClosedError: as for [`emit`][fastapi_orcs_ws.client.Client.emit].
         """
         _check_event(event)
         return await self._request(event, self._outgoing(event, payload), timeout, auto=False)
@@ -337,7 +342,8 @@ class Client:
             self._handlers[event] = kept
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Close for good: no reconnection; waiting frames fail with :class:`ClientClosedError`."""
+        """Close for good: no reconnection; waiting frames fail with
+        [`ClientClosedError`][fastapi_orcs_ws.client.ClientClosedError]."""
         if self._final is not None or self._task is None:
             self._stop((code, reason))
             return

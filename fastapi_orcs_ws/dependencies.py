@@ -78,7 +78,7 @@ class EventDependencies:
     ``Header``, ``Query``, ``Cookie``, ``Path``, and plain parameters FastAPI would read as
     query or path parameters). A parameter that only exists in HTTP (a body, ``Form``,
     ``File``, ``UploadFile``, ``Request``, ``Response``, ``BackgroundTasks``), anywhere in
-    the dependency graph, raises :class:`ConfigurationError` here.
+    the dependency graph, raises [`ConfigurationError`][fastapi_orcs_ws.ConfigurationError] here.
     """
 
     __slots__ = ("dependant", "label")

@@ -9,7 +9,7 @@ else it wants:
   ``WebSocketManager``, ``WebSocket`` or ``HTTPConnection``: injected;
 - every other parameter is FastAPI's (``Depends``, ``Security``, ``Header``, ``Query``,
   ``Cookie``, ``Path``, plain query/path parameters), solved for each event by FastAPI's own
-  machinery against the handshake request (see :mod:`fastapi_orcs_ws.dependencies`).
+  machinery against the handshake request (see `fastapi_orcs_ws.dependencies`).
 
 Everything is inspected once, at registration; a handler without FastAPI parameters never
 touches the solver.
@@ -57,7 +57,7 @@ class EventHandler:
     """A compiled handler: what it validates and how it is called.
 
     ``await handler(conn, raw_payload)`` validates the payload (raising
-    :class:`InvalidPayload`), solves the FastAPI parameters if it has any, calls the handler
+    `InvalidPayload`), solves the FastAPI parameters if it has any, calls the handler
     (a sync one in a worker thread) and returns its result. ``HTTPException``,
     ``WebSocketException`` and FastAPI's ``WebSocketRequestValidationError`` propagate.
     """

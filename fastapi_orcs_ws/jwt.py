@@ -2,10 +2,11 @@
 
 python-jose 3.5 has unsafe defaults (see ``PITFALLS.md``): without ``algorithms`` it trusts the
 token's ``alg``; it accepts a token without ``aud``/``exp`` unless told to require them; it
-ignores ``crit``; it does not refuse an ``iat`` in the future. :class:`JWTVerifier` closes each
-of these gaps and does the cheap structural checks before any cryptography runs.
+ignores ``crit``; it does not refuse an ``iat`` in the future.
+[`JWTVerifier`][fastapi_orcs_ws.JWTVerifier] closes each of these gaps and does the cheap structural
+checks before any cryptography runs.
 
-Every refusal raises :class:`~fastapi_orcs_ws.errors.AuthenticationError` with a generic
+Every refusal raises [`AuthenticationError`][fastapi_orcs_ws.AuthenticationError] with a generic
 message (``"invalid token"`` or ``"token expired"``); the precise reason is logged at DEBUG on
 the ``fastapi_orcs_ws.auth`` logger, never with the token itself.
 """
@@ -151,7 +152,7 @@ class JWTVerifier:
         issuer: When set, the token must carry exactly this ``iss``.
         leeway: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
 
-    Refused, with :class:`AuthenticationError`:
+    Refused, with [`AuthenticationError`][fastapi_orcs_ws.AuthenticationError]:
 
     * tokens over 8 KiB, tokens that are not three base64url segments (encrypted JWE tokens
       have five), a header that is not a JSON object, a ``crit`` header, ``alg: none`` or any
@@ -261,7 +262,8 @@ class JWTVerifier:
 
     @classmethod
     def from_settings(cls, settings: WebSocketSettings) -> JWTVerifier:
-        """Build from ``WS_JWT_*`` settings; raises :class:`ConfigurationError` if no key fits."""
+        """Build from ``WS_JWT_*`` settings; raises
+        [`ConfigurationError`][fastapi_orcs_ws.ConfigurationError] if no key fits."""
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         return cls(
             secret=secret,
@@ -280,11 +282,13 @@ class JWTVerifier:
         )
 
     async def verify(self, token: str) -> Mapping[str, Any]:
-        """Return the token's claims, or raise :class:`AuthenticationError`."""
+        """Return the token's claims, or raise
+        [`AuthenticationError`][fastapi_orcs_ws.AuthenticationError]."""
         return self.verify_sync(token)
 
     def verify_sync(self, token: str) -> dict[str, Any]:
-        """Synchronous :meth:`verify` (the work is a few microseconds of CPU)."""
+        """Synchronous [`verify`][fastapi_orcs_ws.JWTVerifier.verify] (the work is a few
+        microseconds of CPU)."""
         if not isinstance(token, str) or not token:
             _refuse("empty token")
         if len(token) > MAX_TOKEN_BYTES:  # str length <= UTF-8 length; checked before encoding

@@ -46,7 +46,7 @@ class RateLimit:
 
 
 class TokenBucket:
-    """One connection's :class:`RateLimit` state."""
+    """One connection's [`RateLimit`][fastapi_orcs_ws.RateLimit] state."""
 
     __slots__ = ("_last", "_rate", "_tokens", "burst", "overdraft")
 
@@ -80,7 +80,7 @@ class TokenBucket:
 class Admission:
     """Connection caps of one process: in total, per client address, per user.
 
-    :meth:`admit` reserves a place (or says which cap is full); :meth:`release` gives it back.
+    `admit` reserves a place (or says which cap is full); `release` gives it back.
     """
 
     __slots__ = ("_per_ip", "_per_user", "_total", "max_per_ip", "max_per_user", "max_total")

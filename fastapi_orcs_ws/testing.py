@@ -1,11 +1,11 @@
 """Helpers for testing apps built on fastapi-orcs-ws.
 
-- :func:`serve` runs a real uvicorn server on 127.0.0.1 in a background thread, for
-  end-to-end tests with a real WebSocket client.
-- :class:`EventClient` connects to an app in-process (on Starlette's ``TestClient``):
-  send events, wait for events with a timeout, make acknowledged requests and check
+- [`serve`][fastapi_orcs_ws.testing.serve] runs a real uvicorn server on 127.0.0.1 in a background
+  thread, for end-to-end tests with a real WebSocket client.
+- [`EventClient`][fastapi_orcs_ws.testing.EventClient] connects to an app in-process (on Starlette's
+  ``TestClient``): send events, wait for events with a timeout, make acknowledged requests and check
   what a room received.
-- :func:`mint_token` signs a JWT for tests.
+- [`mint_token`][fastapi_orcs_ws.testing.mint_token] signs a JWT for tests.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def serve(
 ) -> Iterator[LiveServer]:
     """Run ``app`` under a real uvicorn on a free loopback port for the ``with`` block.
 
-    uvicorn gets :func:`~fastapi_orcs_ws.uvicorn_settings` (of ``settings``, else of the
-    settings of the app's event routes) plus ``uvicorn_kwargs``.
+    uvicorn gets [`uvicorn_settings`][fastapi_orcs_ws.uvicorn_settings] (of ``settings``, else of
+    the settings of the app's event routes) plus ``uvicorn_kwargs``.
 
     Example:
         ```python
@@ -125,8 +125,10 @@ def serve(
 class EventSession:
     """One in-process WebSocket connection speaking the event protocol.
 
-    Frames that :meth:`expect` skips wait in a buffer, so nothing is lost: a later
-    :meth:`receive` or :meth:`expect` still sees them. Every read has a timeout.
+    Frames that [`expect`][fastapi_orcs_ws.testing.EventSession.expect] skips wait in a buffer, so
+    nothing is lost: a later [`receive`][fastapi_orcs_ws.testing.EventSession.receive] or
+    [`expect`][fastapi_orcs_ws.testing.EventSession.expect] still sees them. Every read has a
+    timeout.
     """
 
     def __init__(self, session: WebSocketTestSession) -> None:
@@ -145,7 +147,7 @@ class EventSession:
 
     @property
     def connection(self) -> Connection:
-        """The server-side :class:`~fastapi_orcs_ws.Connection` of this session."""
+        """The server-side [`Connection`][fastapi_orcs_ws.Connection] of this session."""
         deadline = time.monotonic() + 5.0
         while True:
             conn = self._session.scope.get(SCOPE_CONNECTION)
@@ -320,7 +322,7 @@ class EventClient:
 
     @property
     def manager(self) -> WebSocketManager:
-        """The app's :class:`~fastapi_orcs_ws.WebSocketManager`."""
+        """The app's [`WebSocketManager`][fastapi_orcs_ws.WebSocketManager]."""
         manager = getattr(getattr(self.app, "state", None), "fastapi_orcs_ws_manager", None)
         if isinstance(manager, WebSocketManager):
             return manager
@@ -346,7 +348,8 @@ class EventClient:
         (``"subprotocol"``).
 
         A refused token is not an exception here: the server accepts, then closes with
-        4401, which :meth:`EventSession.expect_close` returns.
+        4401, which [`EventSession.expect_close`][fastapi_orcs_ws.testing.EventSession.expect_close]
+        returns.
 
         Raises:
             starlette.websockets.WebSocketDisconnect: the server closed before accepting
@@ -385,9 +388,11 @@ class EventClient:
     ) -> dict[str, Any]:
         """Assert every open session in ``room`` got ``event`` (with ``payload``, if given).
 
-        Frames a session already read count, so this works after :meth:`EventSession.expect`.
-        A dict ``payload`` checks only its keys. Returns ``{client_id: payload}``. Sessions
-        outside the room are not checked: use :meth:`EventSession.assert_nothing_received`.
+        Frames a session already read count, so this works after
+        [`EventSession.expect`][fastapi_orcs_ws.testing.EventSession.expect]. A dict ``payload``
+        checks only its keys. Returns ``{client_id: payload}``. Sessions outside the room are not
+        checked: use
+        [`EventSession.assert_nothing_received`][fastapi_orcs_ws.testing.EventSession.assert_nothing_received].
         """
         members = self.room_members(room)
         sessions = [s for s in self._sessions if s.client_id in members]

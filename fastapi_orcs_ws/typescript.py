@@ -1,7 +1,8 @@
 """TypeScript types of an app's events, for the official client (``orcs-client.js``).
 
-:func:`typescript_definitions` reads the app's AsyncAPI document (:func:`asyncapi_document`,
-so the types and the docs come from one source: the handlers' Pydantic annotations) and
+[`typescript_definitions`][fastapi_orcs_ws.typescript.typescript_definitions] reads the app's
+AsyncAPI document ([`asyncapi_document`][fastapi_orcs_ws.asyncapi_document], so the types and the
+docs come from one source: the handlers' Pydantic annotations) and
 writes a ``.d.ts`` module:
 
 - one type per schema in ``components/schemas`` (models, enums, unions), named after it;
@@ -57,7 +58,8 @@ def typescript_definitions(app: FastAPI, *, document: Mapping[str, Any] | None =
     """The ``.d.ts`` text typing every event route of ``app`` (see the module docstring).
 
     Args:
-        app: the application; its AsyncAPI document is built with :func:`asyncapi_document`.
+        app: the application; its AsyncAPI document is built with
+            [`asyncapi_document`][fastapi_orcs_ws.asyncapi_document].
         document: an AsyncAPI 3.0 document to use instead (for example one already built).
 
     Raises:

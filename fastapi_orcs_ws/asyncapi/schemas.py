@@ -2,7 +2,7 @@
 
 Pydantic writes JSON Schema 2020-12 with OpenAPI's ``discriminator`` object. An AsyncAPI
 3.0 Schema Object is a superset of JSON Schema Draft 07 whose ``discriminator`` is a
-string (AsyncAPI 3.0.0, "Schema Object"), so :func:`payload_schemas` rewrites:
+string (AsyncAPI 3.0.0, "Schema Object"), so `payload_schemas` rewrites:
 
 - ``discriminator: {"propertyName": p, "mapping": ...}`` -> ``discriminator: p`` (the
   ``oneOf`` branches still pin the tag with ``const``, so nothing is lost for validation);

@@ -184,7 +184,8 @@ def _add_routes(app: FastAPI, docs: _Docs) -> None:
 
 def prepare_docs(app: Any) -> None:
     """At start-up (each router's lifespan calls it): mount the default docs unless
-    :func:`mount_docs` configured them, put them after every other route, build the document.
+    [`mount_docs`][fastapi_orcs_ws.asyncapi.mount_docs] configured them, put them after every other
+    route, build the document.
     """
     if not isinstance(app, FastAPI) or not event_routes_of(app):
         return
