@@ -7,9 +7,11 @@ a send-time table indexed by sequence number: the sender lives in this process, 
 each connection receives its frames in order, so the k-th measured frame a receiver
 gets is message k (checked on a sample against the ``seq`` carried in the payload).
 
-    python -m bench.client fanout --port 8000 --kind envelope --n 1000 --k 300
-    python -m bench.client echo --port 8000 --kind socketio --clients 100
-    python -m bench.client idle --port 8000 --kind envelope --n 5000
+    python -m bench.client fanout --ports 8000 --kind envelope --n 1000 --k 300
+    python -m bench.client echo --ports 8000 --kind socketio --clients 100
+    python -m bench.client idle --ports 8000 --kind envelope --n 5000
+    python -m bench.client flood --ports 8000 --mode room --readers 3 --k 20000 --size 1000
+    python -m bench.client relay --ports 8000 --server-pids PID --readers 3 --k 16 --size 8388608
 
 Prints one JSON object on stdout. Every loop is bounded by a count and a deadline.
 """
@@ -613,6 +615,434 @@ class EchoRun:
         }
 
 
+# --------------------------------------------------------------------------- tight loop
+FLOOD_I_RE = re.compile(rb'"i":\s*(\d+)')
+
+
+class FloodReader(Conn):
+    """Counts ``flood`` frames and checks that ``i`` runs 0, 1, 2, ... without a gap."""
+
+    def __init__(self, run: FloodRun, host: str, port: int, kind: str) -> None:
+        super().__init__(host, port, path_for(kind), kind)
+        self.run = run
+        self.synced = False
+        self.count = 0
+        self.order_errors = 0
+        self.t_last = 0.0
+
+    def on_frames(self, data: bytes, frames: list[tuple[int, int]]) -> None:
+        for s, e in frames:
+            head = data[s : s + 48]
+            if b"flood" not in head:
+                if b'"sync"' in data[s:e]:
+                    self.synced = True
+                continue
+            m = FLOOD_I_RE.search(data, s, min(e, s + 64))
+            if m is None or int(m.group(1)) != self.count:
+                self.order_errors += 1
+            self.count += 1
+        self.t_last = perf()
+        if self.count >= self.run.n:
+            self.run.reader_done()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.run.reader_done()
+
+
+class LibReader:
+    """A ``flood`` reader written as an application would: the ``websockets`` client,
+    ``async for`` over its messages, ``max_queue=4`` (it stops reading the socket while 4
+    frames wait for the application, as in the issue's reproduction)."""
+
+    def __init__(self, run: FloodRun, ws: Any, kind: str) -> None:
+        self.run = run
+        self.ws = ws
+        self.kind = kind
+        self.synced = False
+        self.count = 0
+        self.order_errors = 0
+        self.t_last = 0.0
+        self.closed = False
+        self.close_code: int | None = None
+        self.extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        self.task = asyncio.get_running_loop().create_task(self.read())
+
+    @classmethod
+    async def open(cls, run: FloodRun, host: str, port: int, kind: str) -> LibReader:
+        from websockets.asyncio.client import connect
+
+        ws = await connect(
+            f"ws://{host}:{port}{path_for(kind)}",
+            compression=None,
+            max_size=None,
+            max_queue=4,
+            open_timeout=20,
+        )
+        if kind == "socketio":
+            await asyncio.wait_for(ws.recv(), 10)  # engine.io open
+            await ws.send("40")
+            await asyncio.wait_for(ws.recv(), 10)  # namespace connected
+        return cls(run, ws, kind)
+
+    async def read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        n = self.run.n
+        try:
+            async for message in self.ws:
+                if not isinstance(message, str):
+                    continue
+                if message == "2":
+                    await self.ws.send("3")  # engine.io ping
+                    continue
+                if "flood" not in message[:48]:
+                    if '"sync"' in message:
+                        self.synced = True
+                    continue
+                m = FLOOD_I_RE.search(message[:64].encode())
+                if m is None or int(m.group(1)) != self.count:
+                    self.order_errors += 1
+                self.count += 1
+                self.t_last = perf()
+                if self.count >= n:
+                    self.run.reader_done()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed = True
+            self.close_code = self.ws.close_code  # the code the server sent, if it closed
+            self.run.reader_done()
+
+    def send(self, event: str, payload_json: str) -> None:
+        self.run.spawn(self.ws.send(encode_event(self.kind, event, payload_json)))
+
+    async def aclose(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(self.ws.close(), 2)
+
+
+class FloodRun:
+    """A handler sends ``n`` frames of ~``size`` bytes in a tight loop (issue 9, item 4).
+
+    ``--mode send``: the handler loops ``await ws.send`` to its own client, which reads as
+    fast as it can. ``--mode room``: the handler loops ``broadcast_to_room`` to ``readers``
+    members that read as fast as they can (the sender is not a member). ``--reader raw``
+    reads with this module's cheap protocol; ``--reader websockets`` with the ``websockets``
+    client (see :class:`LibReader`).
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.n = args.k
+        self.readers: list[Any] = []
+        self.finished = asyncio.Event()
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def reader_done(self) -> None:
+        if all(r.count >= self.n or r.closed for r in self.readers):
+            self.finished.set()
+
+    async def main(self) -> dict[str, Any]:
+        a = self.args
+        host, port = a.host, a.ports[0]
+        count = 1 if a.mode == "send" else a.readers
+        if a.reader == "websockets":
+            self.readers = [await LibReader.open(self, host, port, a.kind) for _ in range(count)]
+        else:
+            self.readers = await open_many(
+                lambda i: FloodReader(self, host, port, a.kind), host, [port], count
+            )
+        request = f'{{"n":{self.n},"size":{a.size},"room":"{ROOM}"}}'
+        extensions = sorted({r.extensions for r in self.readers})
+        if a.mode == "send":
+            sender: Any = self.readers[0]
+            event = "flood"
+        else:
+            sender = await open_conn(lambda: Conn(host, port, path_for(a.kind), a.kind), host, port)
+            event = "flood_room"
+            for r in self.readers:
+                r.send("join", f'{{"room":"{ROOM}"}}')
+            for _ in range(20):
+                sender.send("publish", f'{{"room":"{ROOM}","sync":1}}')
+                deadline = perf() + 1.0
+                while perf() < deadline and not all(r.synced for r in self.readers):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+                if all(r.synced for r in self.readers):
+                    break
+            if not all(r.synced for r in self.readers):
+                raise RuntimeError("members did not all receive the sync broadcast")
+        meter = CpuMeter(a.server_pids)
+        meter.start()
+        t0 = perf()
+        sender.send(event, request)
+        timed_out = False
+        try:
+            await asyncio.wait_for(self.finished.wait(), a.timeout)
+        except TimeoutError:
+            timed_out = True
+        cpu = meter.stop()
+        # a close frame that is on its way is read before the verdict
+        deadline = perf() + 0.5
+        while perf() < deadline and any(  # noqa: ASYNC110
+            r.count < self.n and not r.closed for r in self.readers
+        ):
+            await asyncio.sleep(0.02)
+        counts = [r.count for r in self.readers]
+        t_last = max(r.t_last for r in self.readers)
+        codes = sorted({r.close_code for r in self.readers if r.close_code is not None})
+        for r in self.readers:
+            if isinstance(r, LibReader):
+                await r.aclose()
+            else:
+                r.transport.close()
+        if sender not in self.readers:
+            sender.transport.close()
+        await asyncio.sleep(0.2)
+        elapsed = max(t_last - t0, 1e-9)
+        return {
+            "workload": "flood",
+            "mode": a.mode,
+            "reader": a.reader,
+            "readers": count,
+            "frames": self.n,
+            "size": a.size,
+            "delivered_min": min(counts),
+            "delivered": counts,
+            "all_delivered": min(counts) >= self.n,
+            "closed_4429": 4429 in codes,
+            "close_codes": codes,
+            "order_errors": sum(r.order_errors for r in self.readers),
+            "elapsed_s": round(elapsed, 3),
+            "frames_per_s": round(sum(counts) / elapsed, 1),
+            "timed_out": timed_out,
+            "extensions": extensions,
+            **cpu,
+        }
+
+
+# --------------------------------------------------------------------------- 8 MiB relay
+SEQ_HEAD_RE = re.compile(rb'"seq":\s*(\d+)')
+BIG = 4096  # frames at least this long are counted as they stream by, never buffered
+
+
+class StreamConn(Conn):
+    """A connection that counts large frames without buffering them.
+
+    Frames shorter than ``BIG`` go through :meth:`Conn.parse` whole (pings, the close frame,
+    Socket.IO's handshake, sync markers); longer ones are skipped byte by byte and reported to
+    :meth:`on_big` with their first bytes.
+    """
+
+    def __init__(self, host: str, port: int, kind: str) -> None:
+        super().__init__(host, port, path_for(kind), kind)
+        self.pending = b""  # an incomplete header, or an incomplete small frame
+        self.remaining = 0  # payload bytes of the current large frame still to come
+        self.head = b""
+        self.big_len = 0
+
+    def parse(self, data: bytes) -> None:
+        if self.pending:
+            data = self.pending + data
+            self.pending = b""
+        i, n = 0, len(data)
+        while i < n:
+            if self.remaining:
+                take = min(self.remaining, n - i)
+                if len(self.head) < 128:
+                    self.head += data[i : i + min(take, 128 - len(self.head))]
+                self.remaining -= take
+                i += take
+                if not self.remaining:
+                    self.on_big(self.head, self.big_len)
+                continue
+            if n - i < 2:
+                self.pending = data[i:]
+                return
+            ln = data[i + 1] & 0x7F
+            h = 2
+            if ln == 126:
+                h = 4
+            elif ln == 127:
+                h = 10
+            if n - i < h:
+                self.pending = data[i:]
+                return
+            if ln == 126:
+                ln = int.from_bytes(data[i + 2 : i + 4], "big")
+            elif ln == 127:
+                ln = int.from_bytes(data[i + 2 : i + 10], "big")
+            if ln >= BIG and (data[i] & 0x0F) <= 2:
+                self.remaining, self.big_len, self.head = ln, ln, b""
+                i += h
+                continue
+            if n - i < h + ln:
+                self.pending = data[i:]
+                return
+            Conn.parse(self, data[i : i + h + ln])
+            i += h + ln
+
+    def on_big(self, head: bytes, length: int) -> None:
+        pass
+
+
+class RelayReader(StreamConn):
+    def __init__(self, run: RelayRun, host: str, port: int, kind: str, active: bool) -> None:
+        super().__init__(host, port, kind)
+        self.run = run
+        self.active = active
+        self.synced = False
+        self.count = 0
+        self.order_errors = 0
+
+    def on_frames(self, data: bytes, frames: list[tuple[int, int]]) -> None:
+        for s, e in frames:
+            if b'"sync"' in data[s:e]:
+                self.synced = True
+
+    def on_big(self, head: bytes, length: int) -> None:
+        m = SEQ_HEAD_RE.search(head)
+        if m is None or int(m.group(1)) != self.count:
+            self.order_errors += 1
+        self.count += 1
+        if self.active:
+            self.run.progress()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.active:
+            self.run.progress()
+
+
+class RelayRun:
+    """A room relays ``k`` payloads of ``size`` bytes; one member never reads (issue 9, item 5).
+
+    The sender (not a member) publishes the next payload once every reading member has the
+    previous one, until ``k`` or the deadline. The server's RSS is sampled every 10 ms.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.readers: list[RelayReader] = []
+        self.sent = 0
+        self.sender: Conn | None = None
+        self.finished = asyncio.Event()
+        self.t_done = 0.0
+        self.pad = "x" * args.size
+        self.stopped = False
+
+    def delivered(self) -> int:
+        active = [r for r in self.readers if r.active and not r.closed]
+        return min((r.count for r in active), default=self.sent)
+
+    def progress(self) -> None:
+        if self.stopped:
+            return
+        done = self.delivered()
+        if done >= self.args.k:
+            self.t_done = perf()
+            self.finished.set()
+        elif done >= self.sent:
+            self.publish()
+
+    def publish(self) -> None:
+        a = self.args
+        head = f'{{"room":"relay","seq":{self.sent},"t":{perf():.6f},"data":"'
+        self.sent += 1
+        self.sender.write(client_frame(encode_event(a.kind, "publish", head + self.pad + '"}')))  # type: ignore[union-attr]
+
+    async def main(self) -> dict[str, Any]:
+        a = self.args
+        host, port = a.host, a.ports[0]
+        self.readers = await open_many(
+            lambda i: RelayReader(self, host, port, a.kind, True), host, [port], a.readers
+        )
+        stalled = await open_conn(
+            lambda: RelayReader(self, host, port, a.kind, False), host, port, rcvbuf=4096
+        )
+        self.readers.append(stalled)
+        self.sender = await open_conn(
+            lambda: Conn(host, port, path_for(a.kind), a.kind), host, port
+        )
+        for r in self.readers:
+            r.send("join", '{"room":"relay"}')
+        for _ in range(20):
+            self.sender.send("publish", '{"room":"relay","sync":1}')
+            deadline = perf() + 1.0
+            while perf() < deadline and not all(r.synced for r in self.readers):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            if all(r.synced for r in self.readers):
+                break
+        if not all(r.synced for r in self.readers):
+            raise RuntimeError("members did not all receive the sync broadcast")
+        stalled.transport.pause_reading()  # type: ignore[union-attr]
+        proc = psutil.Process(a.server_pids[0])
+        await asyncio.sleep(0.3)
+        base = proc.memory_info().rss
+        peak = base
+        meter = CpuMeter(a.server_pids)
+        meter.start()
+        t0 = perf()
+        self.publish()
+        timed_out = True
+        deadline = t0 + a.timeout
+        while perf() < deadline:
+            try:
+                await asyncio.wait_for(self.finished.wait(), 0.01)
+                timed_out = False
+                break
+            except TimeoutError:
+                pass
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, proc.memory_info().rss)
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, proc.memory_info().rss)
+        self.stopped = True
+        cpu = meter.stop()
+        elapsed = (self.t_done or perf()) - t0
+        counts = [r.count for r in self.readers if r.active]
+        # did the server close the member that never read? Read what it was sent.
+        stalled.active = False
+        stalled.transport.resume_reading()  # type: ignore[union-attr]
+        until = perf() + 3
+        while perf() < until and not stalled.closed and stalled.close_code is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        end_rss = peak
+        with contextlib.suppress(psutil.Error):
+            end_rss = proc.memory_info().rss
+        for r in self.readers:
+            r.transport.close()  # type: ignore[union-attr]
+        self.sender.transport.close()
+        await asyncio.sleep(0.2)
+        return {
+            "workload": "relay",
+            "readers": a.readers,
+            "size": a.size,
+            "relays": a.k,
+            "published": self.sent,
+            "delivered_min": min(counts),
+            "delivered": counts,
+            "all_delivered": min(counts) >= a.k,
+            "stalled_close_code": stalled.close_code,
+            "stalled_received": stalled.count,
+            "order_errors": sum(r.order_errors for r in self.readers),
+            "elapsed_s": round(elapsed, 3),
+            "timed_out": timed_out,
+            "rss_base_mib": round(base / 2**20, 1),
+            "rss_peak_mib": round(peak / 2**20, 1),
+            "rss_growth_mib": round((peak - base) / 2**20, 1),
+            "rss_end_mib": round(end_rss / 2**20, 1),
+            "extensions": sorted({r.extensions for r in self.readers}),
+            **cpu,
+        }
+
+
 # --------------------------------------------------------------------------- idle memory
 async def idle_main(a: argparse.Namespace) -> dict[str, Any]:
     procs = [psutil.Process(p) for p in a.server_pids]
@@ -659,14 +1089,27 @@ async def idle_main(a: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- main
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("workload", choices=["fanout", "echo", "idle"])
+    p.add_argument("workload", choices=["fanout", "echo", "idle", "flood", "relay"])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--ports", type=lambda s: [int(x) for x in s.split(",")], required=True)
     p.add_argument("--kind", choices=["envelope", "socketio"], default="envelope")
     p.add_argument("--server-pids", type=lambda s: [int(x) for x in s.split(",") if x], default=[])
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--k", type=int, default=200)
-    p.add_argument("--mode", choices=["max", "fixed"], default="max")
+    p.add_argument(
+        "--mode",
+        choices=["max", "fixed", "send", "room"],
+        default="max",
+        help="fanout: max or fixed; flood: send (ws.send) or room (broadcast_to_room)",
+    )
+    p.add_argument("--readers", type=int, default=3, help="flood room / relay: reading members")
+    p.add_argument("--size", type=int, default=1000, help="flood / relay: payload bytes")
+    p.add_argument(
+        "--reader",
+        choices=["raw", "websockets"],
+        default="raw",
+        help="flood: this module's cheap reader, or the websockets client (max_queue=4)",
+    )
     p.add_argument("--window", type=int, default=4)
     p.add_argument("--rate", type=float, default=10.0, help="fixed mode: publishes per second")
     p.add_argument("--stalled", type=int, default=0)
@@ -690,6 +1133,10 @@ def main() -> None:
             return await FanoutRun(a).main()
         if a.workload == "echo":
             return await EchoRun(a).main()
+        if a.workload == "flood":
+            return await FloodRun(a).main()
+        if a.workload == "relay":
+            return await RelayRun(a).main()
         return await idle_main(a)
 
     try:

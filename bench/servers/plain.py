@@ -1,15 +1,23 @@
 """The FastAPI docs' ConnectionManager, with rooms: a list of sockets per room and a
 sequential ``await ws.send_text`` broadcast loop. One encode per broadcast (the docs'
-``broadcast(message: str)``). No slow-client isolation, no validation.
+``broadcast(message: str)``). No slow-client isolation, no validation, no flow control
+beyond what ``await send_text`` gives (it waits while the peer's socket is full).
 
     uvicorn bench.servers.plain:app --ws websockets-sansio --ws-per-message-deflate false
+
+``make_app(loads, dumps)`` builds the same app with another JSON library
+(``plain_orjson.py``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from ._common import flood_payloads
 
 
 class ConnectionManager:
@@ -33,27 +41,39 @@ class ConnectionManager:
                 pass
 
 
-manager = ConnectionManager()
-app = FastAPI()
+def make_app(loads: Callable[[str], Any], dumps: Callable[[Any], str]) -> FastAPI:
+    manager = ConnectionManager()
+    app = FastAPI()
+
+    @app.websocket("/ws")
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            while True:
+                data = loads(await websocket.receive_text())
+                event = data.get("event")
+                payload = data.get("payload")
+                if event == "publish":
+                    await manager.broadcast(
+                        payload["room"], dumps({"event": "message", "payload": payload})
+                    )
+                elif event == "echo":
+                    await websocket.send_text(dumps({"event": "echo", "payload": payload}))
+                elif event == "join":
+                    manager.join(payload["room"], websocket)
+                elif event == "flood":
+                    for body in flood_payloads(payload):
+                        await websocket.send_text(dumps({"event": "flood", "payload": body}))
+                elif event == "flood_room":
+                    room = payload["room"]
+                    for body in flood_payloads(payload):
+                        await manager.broadcast(room, dumps({"event": "flood", "payload": body}))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            manager.disconnect(websocket)
+
+    return app
 
 
-@app.websocket("/ws")
-async def websocket_endpoint(websocket: WebSocket) -> None:
-    await websocket.accept()
-    try:
-        while True:
-            data = json.loads(await websocket.receive_text())
-            event = data.get("event")
-            payload = data.get("payload")
-            if event == "publish":
-                await manager.broadcast(
-                    payload["room"], json.dumps({"event": "message", "payload": payload})
-                )
-            elif event == "echo":
-                await websocket.send_text(json.dumps({"event": "echo", "payload": payload}))
-            elif event == "join":
-                manager.join(payload["room"], websocket)
-    except WebSocketDisconnect:
-        pass
-    finally:
-        manager.disconnect(websocket)
+app = make_app(json.loads, json.dumps)

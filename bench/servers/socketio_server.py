@@ -1,7 +1,8 @@
 """python-socketio's AsyncServer as an ASGI app on uvicorn, websocket transport only.
 
 Socket.IO's own framing replaces the JSON envelope: ``42["event", payload]`` is its
-equivalent of ``{"event": ..., "payload": ...}``.
+equivalent of ``{"event": ..., "payload": ...}``. ``emit`` queues frames per socket without a
+bound (engine.io's queue): that is what it does in the tight-loop and relay cases.
 
     uvicorn bench.servers.socketio_server:app --ws websockets-sansio --ws-per-message-deflate false
 """
@@ -12,7 +13,16 @@ from typing import Any
 
 import socketio
 
-sio = socketio.AsyncServer(async_mode="asgi", transports=["websocket"], cors_allowed_origins=[])
+from ._common import flood_payloads
+
+# max_http_buffer_size: engine.io's default (1 MB) would refuse the 8 MiB relay case; this is
+# uvicorn's own frame limit (--ws-max-size), which bounds the other servers.
+sio = socketio.AsyncServer(
+    async_mode="asgi",
+    transports=["websocket"],
+    cors_allowed_origins=[],
+    max_http_buffer_size=16 * 1024 * 1024,
+)
 app = socketio.ASGIApp(sio)
 
 
@@ -29,3 +39,16 @@ async def publish(sid: str, data: dict[str, Any]) -> None:
 @sio.on("echo")
 async def echo(sid: str, data: dict[str, Any]) -> None:
     await sio.emit("echo", data, to=sid)
+
+
+@sio.on("flood")
+async def flood(sid: str, data: dict[str, Any]) -> None:
+    for body in flood_payloads(data):
+        await sio.emit("flood", body, to=sid)
+
+
+@sio.on("flood_room")
+async def flood_room(sid: str, data: dict[str, Any]) -> None:
+    room = data["room"]
+    for body in flood_payloads(data):
+        await sio.emit("flood", body, room=room)
