@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -43,6 +44,8 @@ QUICK_SERVERS = ["ours", "ours-before", "plain", "plain-orjson"]
 ALL_WORKLOADS = ["fanout", "echo", "idle", "flood", "relay", "slow", "redis"]
 BEFORE_COMMIT = "ac5afbf"
 BEFORE_DIR = Path("/tmp/orcs-before")
+OURS_AT_DIR = Path("/tmp/orcs-ours-at")
+OURS_SNAPSHOT_DIR = Path("/tmp/orcs-ours-snapshot")
 SERVERS_DIR = ROOT / "bench" / "servers"
 
 try:
@@ -74,13 +77,8 @@ SPECS: dict[str, dict[str, Any]] = {
         "ws": "websockets-sansio",
         "kind": "envelope",
     },
-    # the library as of BEFORE_COMMIT, serving the same bench/servers/ours.py
-    "ours-before": {
-        "app": "ours:app",
-        "ws": "websockets-sansio",
-        "kind": "envelope",
-        "before": True,
-    },
+    # the library as of --before, serving the same bench/servers/ours.py (WORKTREES)
+    "ours-before": {"app": "bench.servers.ours:app", "ws": "websockets-sansio", "kind": "envelope"},
     "plain": {"app": "bench.servers.plain:app", "ws": "websockets-sansio", "kind": "envelope"},
     "plain-orjson": {
         "app": "bench.servers.plain_orjson:app",
@@ -162,9 +160,13 @@ def _bun_version(path: str) -> tuple[bool, str]:
     return out.returncode == 0, (out.stdout or out.stderr).strip()
 
 
-# --------------------------------------------------------------------------- ours-before
-def ensure_before(commit: str) -> str | None:
-    """A worktree of ``commit`` in BEFORE_DIR (created if missing); None, or why not."""
+# --------------------------------------------------------------------------- worktrees
+WORKTREES: dict[str, Path] = {}
+"""Server name -> a worktree whose ``fastapi_orcs_ws`` it imports instead of today's tree."""
+
+
+def ensure_worktree(path: Path, commit: str) -> str | None:
+    """A detached worktree of ``commit`` at ``path`` (created if missing); None, or why not."""
     try:
         want = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{commit}^{{commit}}"],
@@ -174,19 +176,19 @@ def ensure_before(commit: str) -> str | None:
         ).stdout.strip()
     except (subprocess.CalledProcessError, OSError) as exc:
         return f"commit {commit} not found: {exc}"
-    if BEFORE_DIR.exists():
+    if path.exists():
         head = subprocess.run(
-            ["git", "-C", str(BEFORE_DIR), "rev-parse", "HEAD"], capture_output=True, text=True
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
         if head != want:
             return (
-                f"{BEFORE_DIR} holds {head[:10] or 'no git checkout'}, not {commit}: remove it "
-                f"(git worktree remove --force {BEFORE_DIR}) or pass --before {head[:10]}"
+                f"{path} holds {head[:10] or 'no git checkout'}, not {commit}: remove it "
+                f"(git worktree remove --force {path}) and run again"
             )
         return None
-    log(f"  git worktree add {BEFORE_DIR} {commit} (throwaway, for ours-before)")
+    log(f"  git worktree add {path} {want[:10]} (throwaway, never committed)")
     out = subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(BEFORE_DIR), want],
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), want],
         capture_output=True,
         text=True,
     )
@@ -195,10 +197,41 @@ def ensure_before(commit: str) -> str | None:
     return None
 
 
-def before_env() -> dict[str, str]:
+def snapshot_tree(path: Path) -> str:
+    """Copy today's package (uncommitted edits included) to ``path``; describe what it holds.
+
+    Others may edit the working tree during a long run: the snapshot keeps ``ours`` the same
+    from the first figure to the last. The uncommitted diff is saved next to it.
+    """
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.copytree(
+        ROOT / "fastapi_orcs_ws",
+        path / "fastapi_orcs_ws",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h"], capture_output=True, text=True
+    ).stdout.strip()
+    diff = subprocess.run(
+        ["git", "-C", str(ROOT), "diff", "HEAD", "--", "fastapi_orcs_ws"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    (path / "uncommitted.diff").write_text(diff)
+    digest = hashlib.sha1(diff.encode()).hexdigest()[:10]
+    changed = diff.count("\ndiff --git") + diff.startswith("diff --git")
+    return f"snapshot of the working tree at {head}" + (
+        f" + uncommitted changes in {changed} files (diff sha1 {digest}, "
+        f"{path / 'uncommitted.diff'})"
+        if diff
+        else ""
+    )
+
+
+def worktree_env(path: Path) -> dict[str, str]:
     return {
-        "PYTHONPATH": str(BEFORE_DIR),
-        "BENCH_EXPECT_ORCS": str(BEFORE_DIR / "fastapi_orcs_ws") + os.sep,
+        "PYTHONPATH": str(path),
+        "BENCH_EXPECT_ORCS": str(path / "fastapi_orcs_ws") + os.sep,
     }
 
 
@@ -214,17 +247,17 @@ class Server:
         extra_env: dict[str, str] = {}
         if "bun" in self.spec:
             cmd = [bun or "bun", "run", self.spec["bun"]]
-        elif self.spec.get("before"):
+        elif name in WORKTREES:
             # -P: the working directory (with today's package) is not put on sys.path;
-            # --app-dir: bench/servers (today's ours.py) comes first, the old package from
-            # PYTHONPATH; ours.py refuses to start if it imported anything else.
-            extra_env = before_env()
+            # --app-dir: bench/servers (today's ours.py) comes first, the package from the
+            # worktree on PYTHONPATH; ours.py refuses to start if it imported anything else.
+            extra_env = worktree_env(WORKTREES[name])
             cmd = [
                 PY,
                 "-P",
                 "-m",
                 "uvicorn",
-                self.spec["app"],
+                self.spec["app"].removeprefix("bench.servers."),
                 "--app-dir",
                 str(SERVERS_DIR),
                 "--host",
@@ -340,6 +373,8 @@ def start_group(
     return up
 
 
+COMMITS: dict[str, str] = {}
+"""Server name -> the commit its worktree holds (``ours-before``, ``ours`` with --ours-at)."""
 ORCS_FILES: dict[str, str] = {}
 """Where each ``ours*`` server imported ``fastapi_orcs_ws`` from, as the child reported it."""
 
@@ -1304,7 +1339,16 @@ def main() -> None:
     p.add_argument(
         "--before",
         default=BEFORE_COMMIT,
-        help=f"the commit ours-before imports the library from (default {BEFORE_COMMIT})",
+        help=f"the commit ours-before imports the library from (default {BEFORE_COMMIT}; "
+        f"a worktree in {BEFORE_DIR})",
+    )
+    p.add_argument(
+        "--ours-at",
+        default="",
+        help="import ours from this commit (a worktree in "
+        f"{OURS_AT_DIR}) instead of the working tree; 'snapshot': from a copy of the working "
+        f"tree's package taken at the start ({OURS_SNAPSHOT_DIR}), so that edits made by others "
+        "during the run do not change it",
     )
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     p.add_argument("--fanout-n", default="", help="override the receiver counts, e.g. 1000,5000")
@@ -1350,25 +1394,42 @@ def main() -> None:
             notes.append(f"bun: skipped ({info})")
             log(f"NOTE: bun skipped: {info}")
             servers.remove("bun")
-    if "ours-before" in servers:
-        why = ensure_before(a.before)
+    wanted = {"ours-before": (BEFORE_DIR, a.before)}
+    if a.ours_at == "snapshot" and "ours" in servers:
+        WORKTREES["ours"] = OURS_SNAPSHOT_DIR
+        COMMITS["ours"] = snapshot_tree(OURS_SNAPSHOT_DIR)
+        log(f"ours: {COMMITS['ours']}")
+    elif a.ours_at:
+        wanted["ours"] = (OURS_AT_DIR, a.ours_at)
+    for name, (path, commit) in wanted.items():
+        if name not in servers:
+            continue
+        why = ensure_worktree(path, commit)
         if why:
-            notes.append(f"ours-before: skipped, {why}")
-            log(f"NOTE: ours-before skipped: {why}")
-            servers.remove("ours-before")
+            notes.append(f"{name}: skipped, {why}")
+            log(f"NOTE: {name} skipped: {why}")
+            servers.remove(name)
+        else:
+            WORKTREES[name] = path
+            COMMITS[name] = subprocess.run(
+                ["git", "-C", str(path), "log", "-1", "--format=%h %s"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
     for name in [s for s in servers if "app" in SPECS[s]]:
         # a server whose module does not import is left out with a note
         module = SPECS[name]["app"].split(":")[0]
         cmd = [PY, "-c", f"import {module}"]
         env = None
-        if SPECS[name].get("before"):
+        if name in WORKTREES:
+            module = module.removeprefix("bench.servers.")
             cmd = [
                 PY,
                 "-P",
                 "-c",
                 f"import sys; sys.path.insert(0, {str(SERVERS_DIR)!r}); import {module}",
             ]
-            env = {**os.environ, **before_env()}
+            env = {**os.environ, **worktree_env(WORKTREES[name])}
         chk = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
         if chk.returncode != 0:
             err = (chk.stderr.strip().splitlines() or ["?"])[-1]
@@ -1421,6 +1482,10 @@ def main() -> None:
         Path(a.out).with_suffix(".partial.json").write_text(json.dumps(res, indent=1, default=str))
     meta["load_end"] = loadavg()
     meta["orcs_files"] = dict(ORCS_FILES)
+    meta["commits"] = dict(COMMITS)
+    meta["commits"]["working tree HEAD"] = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True
+    ).stdout.strip()
     probes = {}
     for s in list(res):
         probes[s] = res[s].pop("_probe", "not probed")
@@ -1454,7 +1519,8 @@ def main() -> None:
         "other load ran there."
     )
     for name, where in ORCS_FILES.items():
-        text += f"\n{name}: fastapi_orcs_ws imported from {where}"
+        at = f" (commit {COMMITS[name]})" if name in COMMITS else " (the working tree)"
+        text += f"\n{name}: fastapi_orcs_ws imported from {where}{at}"
     text += (
         f"\nload average (1/5/15 min): {meta['load_start']} at the start, "
         f"{meta['load_end']} at the end"
