@@ -187,13 +187,14 @@ def three_routers_app() -> FastAPI:
 
 @pytest.fixture
 def examples(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, FastAPI]]:
-    monkeypatch.setenv("WS_JWT_SECRET", SECRET)  # the notifications example needs a key
-    names = {"chat": "examples.chat_app.main", "notifications": "examples.notifications.main"}
-    for module in names.values():
-        sys.modules.pop(module, None)
-    yield {name: importlib.import_module(module).app for name, module in names.items()}
-    for module in names.values():
-        sys.modules.pop(module, None)
+    from examples.chat_app.main import app as chat  # imported once: it registers metrics
+
+    # The notifications example reads WS_JWT_SECRET when imported: import it afresh.
+    monkeypatch.setenv("WS_JWT_SECRET", SECRET)
+    module = "examples.notifications.main"
+    sys.modules.pop(module, None)
+    yield {"chat": chat, "notifications": importlib.import_module(module).app}
+    sys.modules.pop(module, None)
 
 
 def served(app: FastAPI) -> dict[str, Any]:
