@@ -382,19 +382,82 @@ class Authenticator:
         return values[0].strip() in self._origins
 
 
-def _authenticator_for(conn: HTTPConnection) -> Authenticator:
+def _configuration(authenticator: Authenticator) -> tuple[Any, ...]:
+    """What decides how a token is checked: the auth and JWT settings, and the options."""
+    settings = authenticator.settings
+    names = sorted(
+        name
+        for name in type(settings).model_fields
+        if name.startswith(("auth_", "jwt_")) or name == "allowed_origins"
+    )
+    return tuple(getattr(settings, name) for name in names), authenticator.options
+
+
+def _app_authenticators(app: Any) -> list[tuple[Authenticator, list[str]]]:
+    """One router authenticator per distinct configuration among ``app``'s event routes,
+    each with the paths of the routes it covers."""
+    from .routing import app_event_routes  # routing builds on this module
+
+    found: list[tuple[Authenticator, tuple[Any, ...], list[str]]] = []
+    for path, route in app_event_routes(app):
+        authenticator = route.router.authenticator
+        key = _configuration(authenticator)
+        for _, other, paths in found:
+            if other == key:
+                paths.append(path)
+                break
+        else:
+            found.append((authenticator, key, [path]))
+    return [(authenticator, paths) for authenticator, _, paths in found]
+
+
+def _ambiguity(found: list[tuple[Authenticator, list[str]]]) -> str:
+    routes = "; ".join(", ".join(paths) for _, paths in found)
+    return (
+        f"current_user/optional_user: this app's WebSocket routers have {len(found)} different "
+        f"auth configurations (routes {routes}), so it cannot tell which one checks the token; "
+        "depend on the router's own: Depends(router.current_user) or "
+        "Depends(router.optional_user)"
+    )
+
+
+def ambiguous_authenticators(app: Any) -> str:
+    """Why plain [`current_user`][fastapi_orcs_ws.current_user] cannot serve ``app`` over HTTP
+    ('' when it can)."""
+    found = _app_authenticators(app)
+    return _ambiguity(found) if len(found) > 1 else ""
+
+
+def _authenticator_for(
+    conn: HTTPConnection, preferred: Authenticator | None = None
+) -> Authenticator:
+    """The authenticator for ``conn``: the serving WebSocket route's, else ``preferred`` (a
+    router's own dependency), else the app's only configuration, else one from ``WS_*``."""
     found = conn.scope.get(SCOPE_AUTHENTICATOR)
     if isinstance(found, Authenticator):
         return found
+    # A WebSocket handshake's own dependencies run before the session fills the scope.
+    route = getattr(conn.scope.get("endpoint"), "__orcs_route__", None)
+    found = getattr(route, "authenticator", None)
+    if isinstance(found, Authenticator):
+        return found
+    if preferred is not None:
+        return preferred
     app = conn.scope.get("app")
     state = getattr(app, "state", None)
-    if state is not None:
-        found = getattr(state, APP_STATE_AUTHENTICATOR, None)
-        if isinstance(found, Authenticator):
-            return found
-        found = getattr(state, _APP_STATE_DEFAULT, None)
-        if isinstance(found, Authenticator):
-            return found
+    # Set by an application itself (this library never writes it): an explicit choice.
+    found = getattr(state, APP_STATE_AUTHENTICATOR, None)
+    if isinstance(found, Authenticator):
+        return found
+    routers = _app_authenticators(app)
+    if len(routers) > 1:
+        raise ConfigurationError(_ambiguity(routers))
+    if routers:
+        return routers[0][0]
+    # No WebSocket router in this app: the settings from the environment, built once.
+    found = getattr(state, _APP_STATE_DEFAULT, None)
+    if isinstance(found, Authenticator):
+        return found
     authenticator = Authenticator(WebSocketSettings())
     if state is not None:
         setattr(state, _APP_STATE_DEFAULT, authenticator)
@@ -407,7 +470,9 @@ def _refuse(conn: HTTPConnection, message: str) -> Exception:
     return HTTPException(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
 
 
-async def _resolve(conn: HTTPConnection, *, required: bool) -> Any:
+async def _resolve(
+    conn: HTTPConnection, *, required: bool, authenticator: Authenticator | None = None
+) -> Any:
     live = conn.scope.get(SCOPE_CONNECTION)
     if live is not None:
         data = live.data
@@ -421,7 +486,7 @@ async def _resolve(conn: HTTPConnection, *, required: bool) -> Any:
         # Over HTTP, no token means anonymous whatever WS_AUTH_REQUIRED says: the dependency
         # (current_user or optional_user) decides.
         if conn.scope.get("type") != "http" or extract_token(conn)[0] is not None:
-            result = await _authenticator_for(conn).authenticate(conn)
+            result = await _authenticator_for(conn, authenticator).authenticate(conn)
     except AuthenticationError as exc:
         raise _refuse(conn, str(exc)) from None
     if result is None or not result.authenticated:
@@ -436,7 +501,13 @@ async def current_user(conn: HTTPConnection) -> Any:
 
     In an event handler it returns the connection's user (``AuthenticationError`` if the
     connection is anonymous). In an HTTP route it verifies ``Authorization: Bearer`` with the
-    app's authenticator and answers 401 (``WWW-Authenticate: Bearer``) when that fails.
+    app's auth configuration and answers 401 (``WWW-Authenticate: Bearer``) when that fails.
+    That configuration is the app's WebSocket routers' (all alike), or ``WS_*`` when the app
+    has none; when routers differ, use the router's own ``Depends(router.current_user)``
+    (the app refuses to start otherwise).
+
+    Raises:
+        ConfigurationError: over HTTP, the app's routers have several auth configurations.
 
     Example:
         ```python
@@ -451,6 +522,7 @@ async def current_user(conn: HTTPConnection) -> Any:
 async def optional_user(conn: HTTPConnection) -> Any:
     """FastAPI dependency: the user, or ``None`` when anonymous.
 
-    A presented but invalid token is still refused (401 / ``AuthenticationError``).
+    A presented but invalid token is still refused (401 / ``AuthenticationError``). Which
+    configuration checks it: as for [`current_user`][fastapi_orcs_ws.current_user].
     """
     return await _resolve(conn, required=False)

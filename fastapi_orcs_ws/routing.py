@@ -5,22 +5,32 @@ A connection's life (handshake, reader, dispatch, clean-up) is in :mod:`.session
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import fastapi.routing
 from fastapi import APIRouter, params
 from starlette.requests import HTTPConnection
+from starlette.routing import Mount
 from starlette.types import Lifespan, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from ._context import SCOPE_ASGI_RECEIVE, SCOPE_ASGI_SEND, SCOPE_AUTHENTICATOR, SCOPE_CONNECTION
+from ._context import (
+    SCOPE_ASGI_RECEIVE,
+    SCOPE_ASGI_SEND,
+    SCOPE_AUTHENTICATOR,
+    SCOPE_CONNECTION,
+    SCOPE_ROUTE,
+)
 from ._context import SCOPE_MANAGER as SCOPE_MANAGER
 from ._redact import install_log_redaction
-from .auth import Authenticator, AuthOptions
+from .auth import Authenticator, AuthOptions, current_user, optional_user
+from .auth import _resolve as _resolve_user
 from .dependencies import validate_handshake
 from .errors import ConfigurationError
 from .handlers import EventHandler, compile_handler
@@ -155,9 +165,34 @@ class WebSocketRouter(APIRouter):
     """An ``APIRouter`` that also serves WebSocket event routes.
 
     It keeps everything an ``APIRouter`` does (HTTP routes, prefixes, dependencies,
-    ``include_router``), and its lifespan starts and stops the manager. It also serves
-    the generated event docs: the AsyncAPI document at ``asyncapi_url`` and a browsable
-    page at ``docs_url`` (``None`` turns either off), linked from FastAPI's ``/docs``.
+    ``include_router``, every lifespan form: ``lifespan=``, ``on_startup``/``on_shutdown``
+    where the installed FastAPI has them). A router without event routes is exactly an
+    ``APIRouter``: same routes, same OpenAPI, same lifespan.
+
+    Each router has its own state: its [`manager`][fastapi_orcs_ws.WebSocketRouter.manager] and its
+    [`authenticator`][fastapi_orcs_ws.WebSocketRouter.authenticator]. The WebSocket side finds them
+    from the route that is serving; HTTP endpoints ask the router
+    for them with ``Depends(router.get_manager)``, ``Depends(router.current_user)`` and
+    ``Depends(router.optional_user)``. Routers meant to share rooms share one manager,
+    explicitly: ``WebSocketRouter(manager=shared)``.
+
+    When an app holding event routes starts, its lifespan starts each router's manager (and
+    stops it on shutdown), and the generated docs are mounted once for the whole app (see
+    [`mount_docs`][fastapi_orcs_ws.asyncapi.mount_docs]: ``/asyncapi.json`` and ``/ws-docs`` at the
+    app's root, after every route of the app). A router never adds routes to itself.
+
+    Args:
+        manager: the manager to use; a new one (from ``settings``) when ``None``.
+        settings: defaults to the manager's settings, else ``WS_*`` variables.
+        auth: the router's auth options (``{"required": True}``, an ``AuthOptions``...);
+            each route's ``auth=`` overrides them.
+        lifespan: the router's own lifespan, as for ``APIRouter``; it runs inside the
+            manager's (the manager is started before it and stopped after it).
+        **kwargs: everything ``APIRouter`` takes.
+
+    Raises:
+        ConfigurationError: ``asyncapi_url=``/``docs_url=`` given (the docs are configured
+            once per app, with ``mount_docs(app, ...)``), or auth settings that cannot work.
 
     Example:
         ```python
@@ -169,6 +204,10 @@ class WebSocketRouter(APIRouter):
         router.ws("/ws/chat", {"message": message})
         app = FastAPI()
         app.include_router(router)
+
+        @app.post("/announce")
+        async def announce(manager: WebSocketManager = Depends(router.get_manager)) -> None:
+            await manager.broadcast("announcement", {"text": "hi"})
         ```
     """
 
@@ -178,48 +217,75 @@ class WebSocketRouter(APIRouter):
         manager: WebSocketManager | None = None,
         settings: WebSocketSettings | None = None,
         auth: AuthOptions | Mapping[str, Any] | bool | None = None,
-        asyncapi_url: str | None = "/asyncapi.json",
-        docs_url: str | None = "/ws-docs",
         lifespan: Lifespan[Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        for gone in ("asyncapi_url", "docs_url"):
+            if gone in kwargs:
+                raise ConfigurationError(
+                    f"WebSocketRouter({gone}=...): a router no longer serves docs itself; the "
+                    f"app's docs are configured once, with mount_docs(app, {gone}=...) "
+                    "(None turns that route off)"
+                )
         if manager is None:
             manager = WebSocketManager(settings=settings)
         self.manager = manager
+        """The router's manager: its rooms and connections."""
         self.settings = settings if settings is not None else manager.settings
         self.authenticator = Authenticator(self.settings, AuthOptions.coerce(auth))
+        """The router's authenticator (its settings and ``auth=`` options)."""
         self.event_routes: list[EventRoute] = []
         install_log_redaction()  # uvicorn logs handshake query strings, tokens included
-        user_lifespan = lifespan
+        super().__init__(lifespan=lifespan, **kwargs)
+        # FastAPI has turned `lifespan` (or on_startup/on_shutdown) into a context factory;
+        # wrapping that keeps every form an APIRouter accepts, in any FastAPI version.
+        self.lifespan_context = self._serving(self.lifespan_context)
 
+    def _serving(self, inner: Lifespan[Any]) -> Lifespan[Any]:
         @asynccontextmanager
-        async def run_manager(app: Any) -> AsyncIterator[Any]:
-            app.state.fastapi_orcs_ws_manager = self.manager
-            app.state.fastapi_orcs_ws_authenticator = self.authenticator
-            if docs_endpoints:
-                # Only the app knows the prefix it included this router under.
-                add_openapi_link(
-                    app,
-                    path_of(app, docs_endpoints["docs"]) if "docs" in docs_endpoints else None,
-                    path_of(app, docs_endpoints["asyncapi"])
-                    if "asyncapi" in docs_endpoints
-                    else None,
-                )
-            await self.manager.start()
+        async def lifespan(app: Any) -> AsyncIterator[Any]:
+            serving = bool(self.event_routes)  # without event routes: an APIRouter
+            if serving:
+                _check_app(app)
+                await self.manager.start()
             try:
-                if user_lifespan is None:
-                    yield None
-                else:
-                    async with user_lifespan(app) as state:
-                        yield state
+                async with inner(app) as state:
+                    yield state
             finally:
-                await self.manager.stop()
+                if serving:
+                    await self.manager.stop()
 
-        super().__init__(lifespan=run_manager, **kwargs)
-        # The event docs travel with the router (lazy import: asyncapi reads this module).
-        from .asyncapi import add_docs_routes, add_openapi_link
+        return lifespan
 
-        docs_endpoints = add_docs_routes(self, asyncapi_url=asyncapi_url, docs_url=docs_url)
+    def get_manager(self) -> WebSocketManager:
+        """FastAPI dependency: this router's manager, for HTTP endpoints and handlers.
+
+        Example:
+            ```python
+            @app.post("/rooms/{room}/say")
+            async def say(room: str, manager=Depends(chat_router.get_manager)) -> dict:
+                return {"delivered": await manager.broadcast_to_room(room, "say", {})}
+            ```
+        """
+        return self.manager
+
+    async def current_user(self, conn: HTTPConnection) -> Any:
+        """FastAPI dependency: the user authenticated by this router's settings, or refuse.
+
+        Over HTTP it verifies ``Authorization: Bearer`` with
+        [`authenticator`][fastapi_orcs_ws.WebSocketRouter.authenticator] and answers 401
+        (``WWW-Authenticate: Bearer``) when that fails; in an event handler it returns the
+        connection's user (``AuthenticationError`` when anonymous).
+        """
+        return await _resolve_user(conn, required=True, authenticator=self.authenticator)
+
+    async def optional_user(self, conn: HTTPConnection) -> Any:
+        """FastAPI dependency: like [`current_user`][fastapi_orcs_ws.WebSocketRouter.current_user],
+        but ``None`` when anonymous.
+
+        A presented but invalid token is still refused (401 / ``AuthenticationError``).
+        """
+        return await _resolve_user(conn, required=False, authenticator=self.authenticator)
 
     def ws(
         self,
@@ -295,21 +361,32 @@ def _capture_asgi_channels(api_route: Any) -> None:
     api_route.app = app
 
 
-def _mounted_routes(app: Any) -> list[tuple[str, Any]]:
-    """Every route of ``app`` with its full path, included routers' prefixes applied."""
-    routes = getattr(app, "routes", [])
+def _walk(routes: Sequence[Any], prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """``(full path, original route, effective route)`` for every route, through included
+    routers (their prefixes applied) and Starlette ``Mount``s (their paths applied)."""
     # FastAPI >= 0.16x mounts included routers instead of copying their routes; its public
-    # iter_route_contexts walks them with their effective (prefixed) paths.
+    # iter_route_contexts walks them with their effective (prefixed) paths and dependants.
     iter_contexts = getattr(fastapi.routing, "iter_route_contexts", None)
     if iter_contexts is not None:
-        pairs = [(ctx.path, ctx.original_route) for ctx in iter_contexts(routes)]
+        items = [(ctx.path, ctx.original_route, ctx) for ctx in iter_contexts(routes)]
     else:
-        pairs = [(getattr(route, "path", None), route) for route in routes]
-    return [(path, route) for path, route in pairs if isinstance(path, str)]
+        items = [(getattr(route, "path", None), route, route) for route in routes]
+    for path, original, effective in items:
+        if isinstance(original, Mount):
+            mount_path = path if path is not None else original.path
+            yield from _walk(original.routes, prefix + mount_path)
+        elif isinstance(path, str):
+            yield prefix + path, original, effective
+
+
+def _mounted_routes(app: Any) -> list[tuple[str, Any]]:
+    """Every route of ``app`` with its full path: included routers' prefixes and ``Mount``
+    paths applied, the ASGI ``root_path`` not (it is the server's, see AsyncAPI ``servers``)."""
+    return [(path, original) for path, original, _ in _walk(getattr(app, "routes", []))]
 
 
 def event_routes_of(app: Any) -> list[tuple[str, EventRoute]]:
-    """Every event route mounted in ``app``, with its full path (prefixes included)."""
+    """Every event route mounted in ``app``, with its full path (prefixes and mounts included)."""
     found = []
     for path, route in _mounted_routes(app):
         event_route = getattr(getattr(route, "endpoint", None), "__orcs_route__", None)
@@ -326,32 +403,125 @@ def path_of(app: Any, endpoint: Callable[..., Any]) -> str | None:
     return None
 
 
+def serving_route(scope: Scope) -> EventRoute | None:
+    """The event route serving this WebSocket scope: set by the session, or (during the
+    handshake's own dependencies, before the session starts) the matched endpoint's."""
+    route = scope.get(SCOPE_ROUTE)
+    if route is None:
+        route = getattr(scope.get("endpoint"), "__orcs_route__", None)
+    return route if isinstance(route, EventRoute) else None
+
+
+# Each app's event routes as of its start-up: request-time lookups (plain get_manager,
+# current_user) must not walk every route of a large app on every request.
+_STARTED: weakref.WeakKeyDictionary[Any, list[tuple[str, EventRoute]]] = weakref.WeakKeyDictionary()
+
+
+def app_event_routes(app: Any) -> list[tuple[str, EventRoute]]:
+    """`event_routes_of` ``app``, as of its last start-up (walked now if it has not
+    started: an app driven without its lifespan)."""
+    try:
+        return _STARTED[app]
+    except (KeyError, TypeError):
+        return event_routes_of(app)
+
+
+def managers_of(app: Any) -> dict[WebSocketManager, list[str]]:
+    """The distinct managers of ``app``'s event routes, each with the paths it serves."""
+    found: dict[WebSocketManager, list[str]] = {}
+    for path, route in app_event_routes(app):
+        found.setdefault(route.manager, []).append(path)
+    return found
+
+
+def _listing(groups: Iterable[list[str]]) -> str:
+    return "; ".join(", ".join(paths) for paths in groups)
+
+
 def get_manager(conn: HTTPConnection) -> WebSocketManager:
-    """FastAPI dependency: the manager serving this app's event routes.
+    """FastAPI dependency: the manager of the router serving this request.
 
-    Works in HTTP endpoints and in event handlers:
+    In an event handler (or a WebSocket route's handshake dependencies) it is the serving
+    route's router's manager. Over HTTP, where no route of this library is serving, it is the
+    app's only manager: an app whose routers have several managers must name the router,
+    ``Depends(router.get_manager)``; the app refuses to start when an HTTP route depends on
+    plain ``get_manager`` and the answer would be ambiguous.
 
-    ```python
-    @app.post("/broadcast")
-    async def send(manager: WebSocketManager = Depends(get_manager)):
-        await manager.broadcast("announcement", {"text": "hi"})
-    ```
+    Raises:
+        ConfigurationError: over HTTP, the app's event routes have no manager or several
+            (the message lists the routes and the fix).
+
+    Example:
+        ```python
+        @app.post("/broadcast")
+        async def send(manager: WebSocketManager = Depends(get_manager)):
+            await manager.broadcast("announcement", {"text": "hi"})
+        ```
     """
     manager = conn.scope.get(SCOPE_MANAGER)
     if isinstance(manager, WebSocketManager):
         return manager
-    app = conn.scope.get("app")
-    state = getattr(app, "state", None)
-    manager = getattr(state, "fastapi_orcs_ws_manager", None)
-    if isinstance(manager, WebSocketManager):
-        return manager
-    managers = {id(r.manager): r.manager for _, r in event_routes_of(app)}
-    if len(managers) != 1:
-        raise RuntimeError(
-            f"get_manager found {len(managers)} WebSocket managers in this app; "
-            "depend on your router's manager directly"
+    route = serving_route(conn.scope)
+    if route is not None:
+        return route.manager
+    managers = managers_of(conn.scope.get("app"))
+    if len(managers) == 1:
+        return next(iter(managers))
+    raise ConfigurationError(_ambiguous_manager(managers))
+
+
+def _ambiguous_manager(managers: Mapping[WebSocketManager, list[str]]) -> str:
+    if not managers:
+        return (
+            "get_manager: this app has no WebSocket event routes, so no manager to return; "
+            "depend on a router's own manager: Depends(router.get_manager)"
         )
-    manager = next(iter(managers.values()))
-    if state is not None:
-        state.fastapi_orcs_ws_manager = manager
-    return manager
+    return (
+        f"get_manager: this app has {len(managers)} WebSocket managers (routes "
+        f"{_listing(managers.values())}) and cannot tell which one is meant; depend on the "
+        "router's own, Depends(router.get_manager), or give the routers one manager: "
+        "WebSocketRouter(manager=shared)"
+    )
+
+
+def _dependency_calls(dependant: Any) -> Iterator[Any]:
+    """Every callable in a FastAPI dependant's tree (its sub-dependencies, recursively)."""
+    stack = [dependant]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield getattr(node, "call", None)
+        stack.extend(getattr(node, "dependencies", None) or ())
+
+
+def _check_app(app: Any) -> None:
+    """At start-up: refuse a plain ``get_manager``/``current_user``/``optional_user`` that
+    could not know which router is meant, then mount the app's docs."""
+    if not hasattr(app, "routes"):
+        return
+    with contextlib.suppress(TypeError):  # an app that cannot be weakly referenced
+        _STARTED[app] = event_routes_of(app)
+    from .auth import ambiguous_authenticators
+
+    problems: dict[Any, str] = {}
+    managers = managers_of(app)
+    if len(managers) > 1:
+        problems[get_manager] = _ambiguous_manager(managers)
+    auth_problem = ambiguous_authenticators(app)
+    if auth_problem:
+        problems.update({current_user: auth_problem, optional_user: auth_problem})
+    overridden = getattr(app, "dependency_overrides", {}) or {}
+    for path, original, effective in _walk(app.routes) if problems else ():
+        if getattr(getattr(original, "endpoint", None), "__orcs_route__", None) is not None:
+            continue  # an event route's handshake: the serving route answers
+        dependant = getattr(effective, "dependant", None) or getattr(original, "dependant", None)
+        for call in _dependency_calls(dependant):
+            problem = next((text for fn, text in problems.items() if call is fn), None)
+            if problem is not None and not any(call is fn for fn in overridden):
+                raise ConfigurationError(f"route {path} depends on {problem}")
+    from .asyncapi.site import prepare_docs  # asyncapi reads this module
+
+    prepare_docs(app)
