@@ -193,10 +193,10 @@ def prepare_docs(app: Any) -> None:
         mount_docs(app)
     docs = _MOUNTED[app]
     routes = app.router.routes
-    if docs.routes and routes[-len(docs.routes) :] != docs.routes:
-        for route in docs.routes:
-            routes.remove(route)
-        routes.extend(docs.routes)  # after every route of the app: the app's own win
+    ours = [route for route in routes if any(route is mine for mine in docs.routes)]
+    if ours and routes[-len(ours) :] != ours:
+        routes[:] = [route for route in routes if not any(route is mine for mine in ours)]
+        routes.extend(ours)  # after every route of the app: the app's own win
     if docs.routes and docs.document is None:
         docs.document = _base_document(app)  # now, so its warnings come at start-up
 
