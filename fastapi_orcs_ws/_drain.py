@@ -52,12 +52,19 @@ async def drain(manager: WebSocketManager, seconds: float, reason: str) -> int:
     start = loop.time()
     # One close per slot of seconds/count, at a random point of its slot: the closes (and
     # the reconnects they cause elsewhere) arrive at a steady rate with no two in lockstep.
+    # After a stall of the event loop the overdue closes catch up at twice that rate at
+    # most, not all at once; at the end of the window whoever is left is closed (a drain
+    # must end in time: an orchestrator's grace period does not wait).
     slot = seconds / count if count else 0.0
+    deadline = start + seconds
+    last = -math.inf
     for i, conn in enumerate(conns):
-        delay = start + (i + random.random()) * slot - loop.time()
+        at = max(start + (i + random.random()) * slot, last + slot / 2)
+        delay = min(at, deadline) - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         conn.close_nowait(CloseCode.SERVICE_RESTART, reason)  # never waits on the client
+        last = loop.time()
     late = [conn for conn in manager._connections.values() if not conn.closed]
     for conn in late:  # handshakes that were already past the check when the drain began
         conn.close_nowait(CloseCode.SERVICE_RESTART, reason)
