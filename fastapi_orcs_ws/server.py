@@ -69,6 +69,10 @@ def uvicorn_settings(
     resolved = _settings_for(app, settings)
     half = resolved.idle_timeout / 2
     return {
+        # h11 answers 400 to a request head still unfinished past 16 KiB; httptools buffers a
+        # head of any size and never answers it (docs/security.md, "Deployment").
+        "http": "h11",
+        "h11_max_incomplete_event_size": 16 * 1024,
         "ws": "websockets-sansio",
         "ws_ping_interval": half,
         "ws_ping_timeout": half,
