@@ -181,6 +181,12 @@ class PrometheusMetrics(Observer):
                 ["route", "event"],
                 registry=reg,
             )
+            self._rate_limited = prom.Counter(
+                "orcs_ws_events_rate_limited",
+                "Events not handled because their client was over its rate limit.",
+                ["route"],
+                registry=reg,
+            )
             self._slow = prom.Counter(
                 "orcs_ws_slow_consumer_disconnects",
                 "Clients closed with 4429 because they stopped reading.",
@@ -293,6 +299,9 @@ class PrometheusMetrics(Observer):
 
     def slow_consumer(self, conn: Connection) -> None:
         self._slow.labels(route_path(conn)).inc()
+
+    def rate_limited(self, conn: Connection) -> None:
+        self._rate_limited.labels(route_path(conn)).inc()
 
     async def handle(
         self, route: EventRoute, conn: Connection, event: str, call: Awaitable[T]

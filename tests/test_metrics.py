@@ -394,3 +394,29 @@ def test_the_endpoint_serves_openmetrics_when_asked() -> None:
     assert response.headers["content-type"].startswith("application/openmetrics-text")
     assert response.text.rstrip().endswith("# EOF")
     assert "orcs_ws_backend_up" in response.text
+
+
+def test_rate_limited_events_are_counted() -> None:
+    from fastapi_orcs_ws import RateLimit
+
+    registry = prometheus_client.CollectorRegistry()
+    router = WebSocketRouter()
+    route = router.ws("/ws", rate_limit=RateLimit(per_second=0.01, burst=1))
+
+    @route.on("ping")
+    async def ping(ws: Connection, payload: Any) -> str:
+        return "pong"
+
+    PrometheusMetrics(registry).instrument(router)
+    app = FastAPI()
+    app.include_router(router)
+    with EventClient(app) as events, events.connect("/ws") as ws:
+        assert ws.request("ping") == "pong"
+        ws.send("ping", None)  # over the rate: not handled, one rate_limited error
+        assert ws.expect("error")["code"] == "rate_limited"
+    sample = registry.get_sample_value
+    assert sample("orcs_ws_events_rate_limited_total", {"route": "/ws"}) == 1
+    assert (
+        sample("orcs_ws_events_handled_total", {"route": "/ws", "event": "ping", "outcome": "ok"})
+        == 1
+    )
