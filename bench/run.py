@@ -282,6 +282,11 @@ class Server:
                 self.spec["ws"],
                 *UVICORN_FLAGS,
             ]
+        if self.spec.get("cprofile") and "uvicorn" in cmd:
+            # bench.profile --tool cprofile: the same uvicorn command line under cProfile
+            i = cmd.index("uvicorn")
+            script = str(ROOT / "bench" / "_cprofile_uvicorn.py")
+            cmd = [*cmd[: i - 1], script, self.spec["cprofile"], *cmd[i + 1 :]]
         full_env = {
             **os.environ,
             "PORT": str(self.port),

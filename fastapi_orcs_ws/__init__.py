@@ -16,19 +16,28 @@ from .errors import (
     AuthenticationError,
     BackendError,
     ConfigurationError,
+    EncodeError,
     EventError,
     ManagerStoppedError,
+    RoomLimitError,
     WebSocketError,
 )
 from .handlers import get_connection
+from .health import health_router
+from .history import HistoryEntry, HistoryPage, JoinResult, Position, RoomHistory
+from .limits import RateLimit
 from .manager import Stats, WebSocketManager
+from .metrics import PrometheusMetrics
+from .presence import Presence, PresenceClient
 from .protocol import CloseCode, ErrorCode
 from .routing import EventRoute, WebSocketRouter, get_manager
 from .server import run, uvicorn_settings
 from .settings import WebSocketSettings
+from .tracing import OpenTelemetryTracing
 from .typescript import typescript_definitions
 
 __version__ = "0.1.0"
+"""This package's version (PEP 440), as in its metadata."""
 
 __all__ = [
     "AuthOptions",
@@ -41,11 +50,23 @@ __all__ = [
     "Connection",
     "ConnectionData",
     "ConnectionState",
+    "EncodeError",
     "ErrorCode",
     "EventError",
     "EventRoute",
+    "HistoryEntry",
+    "HistoryPage",
     "JWTVerifier",
+    "JoinResult",
     "ManagerStoppedError",
+    "OpenTelemetryTracing",
+    "Position",
+    "Presence",
+    "PresenceClient",
+    "PrometheusMetrics",
+    "RateLimit",
+    "RoomHistory",
+    "RoomLimitError",
     "Stats",
     "TokenVerifier",
     "User",
@@ -58,6 +79,7 @@ __all__ = [
     "current_user",
     "get_connection",
     "get_manager",
+    "health_router",
     "mount_docs",
     "optional_user",
     "run",

@@ -8,8 +8,6 @@ is serving without any app-wide, last-wins state.
 from __future__ import annotations
 
 __all__ = [
-    "SCOPE_ASGI_RECEIVE",
-    "SCOPE_ASGI_SEND",
     "SCOPE_AUTHENTICATOR",
     "SCOPE_CONNECTION",
     "SCOPE_MANAGER",
@@ -24,7 +22,3 @@ SCOPE_AUTHENTICATOR = "fastapi_orcs_ws.authenticator"
 """The authenticator of the route serving this WebSocket."""
 SCOPE_ROUTE = "fastapi_orcs_ws.route"
 """The [`EventRoute`][fastapi_orcs_ws.EventRoute] serving this WebSocket."""
-SCOPE_ASGI_SEND = "fastapi_orcs_ws.asgi_send"
-"""The route's ASGI ``send`` callable (what Starlette's WebSocket wraps)."""
-SCOPE_ASGI_RECEIVE = "fastapi_orcs_ws.asgi_receive"
-"""The route's ASGI ``receive`` callable."""

@@ -29,7 +29,7 @@ from typing import Any
 
 from starlette.websockets import WebSocketDisconnect
 
-__all__ = ["PENDING", "AsgiSend", "Message", "Outbox", "SendPolicy", "settle"]
+__all__ = ["PENDING", "AsgiSend", "Message", "Outbox", "Resume", "SendPolicy", "settle"]
 
 logger = logging.getLogger("fastapi_orcs_ws")
 
@@ -55,7 +55,7 @@ class SendPolicy:
     close_timeout: float
 
 
-class _Resume:
+class Resume:
     """Awaitable finishing a send coroutine that took its first step and blocked.
 
     Every later step runs in ``context`` (the connection's send context), in the task
@@ -267,7 +267,7 @@ class Outbox:
         """Finish a started write in this task; False if the peer stalled or vanished."""
         try:
             async with asyncio.timeout(self._policy.stall_timeout):
-                await _Resume(coro, value, context)
+                await Resume(coro, value, context)
         except TimeoutError:
             self._stalled(f"a write made no progress for {self._policy.stall_timeout:g} s")
             return False

@@ -6,8 +6,8 @@ Token transports (WebSocket handshakes):
 * ``Authorization: Bearer <jwt>``;
 * the subprotocol pair ``["token", <jwt>]`` (``Sec-WebSocket-Protocol: token, <jwt>``). The
   handshake must then select ``token`` -- never the JWT -- or browsers fail the connection:
-  :attr:`AuthResult.subprotocol` is ``"token"`` whenever the client offered it (even with auth
-  disabled), and the router passes it to ``accept()``.
+  [`AuthResult.subprotocol`][fastapi_orcs_ws.AuthResult.subprotocol] is ``"token"`` whenever the
+  client offered it (even with auth disabled), and the router passes it to ``accept()``.
 
 Plain HTTP requests authenticate by ``Authorization: Bearer`` only: a query-string token on
 HTTP is ignored (it would end up in proxy logs and ``Referer`` headers).
@@ -25,9 +25,9 @@ Policy (documented decisions):
   silently downgraded to anonymous;
 * a ``user_loader`` that returns ``None`` refuses the connection (unknown or disabled user).
 
-"Refused" means :meth:`Authenticator.authenticate` raises
-:class:`~fastapi_orcs_ws.errors.AuthenticationError` with a generic message that never contains
-the token; the router accepts and then closes with 4401 ``Unauthorized``.
+"Refused" means [`Authenticator.authenticate`][fastapi_orcs_ws.Authenticator.authenticate] raises
+[`AuthenticationError`][fastapi_orcs_ws.AuthenticationError] with a generic message that never
+contains the token; the router accepts and then closes with 4401 ``Unauthorized``.
 """
 
 from __future__ import annotations
@@ -75,10 +75,10 @@ TOKEN_SUBPROTOCOL = "token"
 class TokenVerifier(Protocol):
     """Plug your own authentication in: turn a token into claims, or refuse it.
 
-    ``verify`` returns the claims (``sub`` becomes :attr:`User.id` unless you supply a
+    ``verify`` returns the claims (``sub`` becomes `User.id` unless you supply a
     ``user_loader``; a numeric ``exp`` makes the router close the connection at expiry) and
-    raises :class:`AuthenticationError` to refuse. Any other exception also refuses (and is
-    logged as a bug in the verifier).
+    raises [`AuthenticationError`][fastapi_orcs_ws.AuthenticationError] to refuse. Any other
+    exception also refuses (and is logged as a bug in the verifier).
 
     Example:
         ```python
@@ -97,7 +97,7 @@ class TokenVerifier(Protocol):
 
 
 class User(BaseModel):
-    """The default user: ``id`` from the ``sub`` claim, every claim in :attr:`claims`."""
+    """The default user: ``id`` from the ``sub`` claim, every claim in `claims`."""
 
     id: str
     claims: dict[str, Any]
@@ -138,7 +138,8 @@ class AuthOptions:
         """Accept an ``AuthOptions``, a mapping of its fields, ``True`` or ``False`` or ``None``.
 
         ``True`` means ``required=True``; ``False`` means ``enabled=False`` (anonymous route);
-        ``None`` means "no override". Unknown mapping keys raise :class:`ConfigurationError`.
+        ``None`` means "no override". Unknown mapping keys raise
+        [`ConfigurationError`][fastapi_orcs_ws.ConfigurationError].
         """
         if value is None:
             return cls()
@@ -167,7 +168,8 @@ class AuthOptions:
 
 @dataclass(frozen=True)
 class AuthResult:
-    """The outcome of a successful :meth:`Authenticator.authenticate`."""
+    """The outcome of a successful
+    [`Authenticator.authenticate`][fastapi_orcs_ws.Authenticator.authenticate]."""
 
     authenticated: bool
     user: Any
@@ -259,13 +261,45 @@ def _expires_at(claims: Mapping[str, Any], leeway: float) -> datetime | None:
         return None
 
 
-class Authenticator:
-    """Applies the settings and :class:`AuthOptions` to a handshake or request.
+_JWT_SETTINGS = ("jwt_secret", "jwt_public_key", "jwt_jwks", "jwt_audience", "jwt_issuer")
 
-    The JWT verifier is built from ``WS_JWT_*`` only when no custom ``verifier`` is given. With
-    no key configured, a route that requires auth fails at start-up with
-    :class:`ConfigurationError`; a route that does not require it serves anonymous clients and
-    refuses every presented token.
+
+def _auth_asked_for(settings: WebSocketSettings, options: AuthOptions) -> str:
+    """Why this configuration expects tokens to be verified ("" when nothing asks for it)."""
+    given = settings.model_fields_set
+    reasons = [f"WS_{name.upper()} is set" for name in _JWT_SETTINGS if getattr(settings, name)]
+    reasons += [
+        f"WS_{name.upper()} is set" for name in ("jwt_algorithms", "jwt_leeway") if name in given
+    ]
+    if settings.auth_enabled and "auth_enabled" in given:
+        reasons.append("WS_AUTH_ENABLED=true")
+    if settings.auth_required and options.required is not False:
+        reasons.append("WS_AUTH_REQUIRED=true")
+    if options.required:
+        reasons.append("the route requires auth")
+    elif options.enabled:
+        reasons.append("the route enables auth")
+    return ", ".join(reasons)
+
+
+class Authenticator:
+    """Applies the settings and [`AuthOptions`][fastapi_orcs_ws.AuthOptions] to a handshake or
+    request.
+
+    The JWT verifier is built from ``WS_JWT_*`` when no custom ``verifier`` is given, here, at
+    start-up (the router builds its authenticator when it is created, each route's when it is
+    registered).
+
+    Raises:
+        ConfigurationError: auth is asked for (any ``WS_JWT_*`` key, algorithm, audience,
+            issuer or leeway set, ``WS_AUTH_ENABLED=true`` or ``WS_AUTH_REQUIRED=true`` set
+            explicitly, or a route's ``auth=`` requiring or enabling it) but the keys cannot
+            verify every configured algorithm: ``WS_JWT_ALGORITHMS=none`` or another unknown
+            algorithm, HS* without ``WS_JWT_SECRET``, RS*/ES* without a fitting
+            ``WS_JWT_PUBLIC_KEY`` or ``WS_JWT_JWKS`` key, a key no algorithm uses. The message
+            names the variable to set. With nothing configured at all (the defaults), clients
+            connect anonymously, every presented token is refused with 4401, and a WARNING
+            says so once per authenticator.
     """
 
     def __init__(self, settings: WebSocketSettings, options: AuthOptions | None = None) -> None:
@@ -283,14 +317,19 @@ class Authenticator:
         self._routes: dict[AuthOptions, Authenticator] = {}
         self.verifier: TokenVerifier | None = opts.verifier
         if self.verifier is None and self.enabled:
+            asked = _auth_asked_for(settings, opts)
             try:
                 self.verifier = JWTVerifier.from_settings(settings)
-            except ConfigurationError:
-                if self.required:
-                    raise
-                logger.info(
-                    "auth is enabled but no usable JWT key is configured (WS_JWT_SECRET / "
-                    "WS_JWT_PUBLIC_KEY): every presented token will be refused"
+            except ConfigurationError as exc:
+                if asked:  # the configuration asks for tokens it cannot verify: refuse to start
+                    raise ConfigurationError(
+                        f"{exc} (auth is on: {asked}; WS_AUTH_ENABLED=false turns it off)"
+                    ) from None
+                logger.warning(
+                    "auth is enabled (the default) but no JWT key is configured: clients "
+                    "connect anonymously and every presented token is refused with 4401. Set "
+                    "WS_JWT_SECRET (or WS_JWT_PUBLIC_KEY / WS_JWT_JWKS), or "
+                    "WS_AUTH_ENABLED=false to run without auth"
                 )
 
     def for_route(self, options: AuthOptions) -> Authenticator:

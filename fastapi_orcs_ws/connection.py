@@ -56,8 +56,9 @@ class Connection:
 
     Frames are written in order. A client that keeps up is written to at once; one that
     falls behind makes ``await ws.send(...)`` (and broadcasts that reach it) wait, and one
-    that stops reading is closed with 4429 (:attr:`CloseCode.SLOW_CONSUMER`): see
-    docs/lifecycle.md for the exact rule and its settings.
+    that stops reading is closed with 4429
+    ([`CloseCode.SLOW_CONSUMER`][fastapi_orcs_ws.CloseCode]): see docs/lifecycle.md for the
+    exact rule and its settings.
 
     Example:
         ```python
@@ -129,7 +130,7 @@ class Connection:
 
     @property
     def state(self) -> ConnectionState:
-        """:class:`ConnectionState`: open, closing or closed."""
+        """[`ConnectionState`][fastapi_orcs_ws.ConnectionState]: open, closing or closed."""
         return self._state
 
     @property
@@ -166,7 +167,7 @@ class Connection:
         return await self.send_frame_async(self.data.manager.encode_event(event, payload))
 
     async def send_frame_async(self, frame: str) -> bool:
-        """:meth:`send` for an already-encoded text frame."""
+        """`send` for an already-encoded text frame."""
         pending: list[Any] = []
         sent = self._outbox.offer({"type": "websocket.send", "text": frame}, pending)
         if pending:
@@ -199,7 +200,7 @@ class Connection:
             await settle(pending)
 
     def close_nowait(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """:meth:`close` for synchronous code: queue the close frame and return."""
+        """`close` for synchronous code: queue the close frame and return."""
         self._close(code, reason, None)
 
     def _close(self, code: int, reason: str, pending: list[Any] | None) -> None:

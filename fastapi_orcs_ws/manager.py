@@ -5,22 +5,53 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
+from . import _drain
+from ._observer import utf8_size
 from ._outbox import PENDING, settle
 from .backends import Backend, backend_from_url
-from .errors import ManagerStoppedError
-from .protocol import CloseCode, encode, truncate_reason, validate_close_code
+from .errors import ConfigurationError, ManagerStoppedError, RoomLimitError
+from .history import (
+    HistoryPage,
+    Hold,
+    JoinResult,
+    Position,
+    PresenceEvents,
+    RoomHistory,
+    RoomRule,
+    RoomRules,
+    held_recipients,
+    join_and_recover,
+)
+from .limits import Admission
+from .presence import (
+    PRESENCE_LEAVE,
+    Presence,
+    announce,
+    default_public_info,
+    presence_of,
+)
+from .protocol import (
+    CloseCode,
+    encode,
+    encode_room_head,
+    frame_position,
+    truncate_reason,
+    validate_close_code,
+)
 from .settings import WebSocketSettings
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from ._observer import Observer
+    from .connection import Connection, ConnectionData
 
 __all__ = ["Stats", "WebSocketManager"]
 
@@ -31,6 +62,8 @@ Exclude = str | Iterable[str] | None
 GoneClients = Mapping[str, Mapping[str, Any]]
 GoneCallback = Callable[[GoneClients], Awaitable[None]]
 RouteGoneHandler = Callable[..., Awaitable[None]]
+_NO_POSITION: Any = object()
+"""join_room's ``since`` when not given: the plain join, answered with a bool."""
 
 
 class Stats(BaseModel):
@@ -48,6 +81,10 @@ class Stats(BaseModel):
     average_room_size: float
     slow_consumer_disconnects: int = 0
     """Clients this process disconnected because they stopped reading (4429)."""
+    connections_refused: int = 0
+    """Handshakes this process refused because a connection cap was full (HTTP 429)."""
+    events_rate_limited: int = 0
+    """Events this process did not handle because their client was over its rate limit."""
     publish_failures: int = 0
     """Publishes of this process that never reached the other processes (Redis was
     unreachable): every other process's clients missed that frame. Always 0 in memory."""
@@ -97,7 +134,9 @@ class WebSocketManager:
             if v is not None
         }
         base = settings if settings is not None else WebSocketSettings()
-        self.settings: WebSocketSettings = base.model_copy(update=overrides) if overrides else base
+        self.settings: WebSocketSettings = (
+            base.model_copy(update=overrides) if overrides else base
+        )
         if backend is None:
             backend = self.settings.backend_url
         self.backend: Backend = backend_from_url(backend) if isinstance(backend, str) else backend
@@ -113,7 +152,27 @@ class WebSocketManager:
         self._stopped = False
         self._start_lock = asyncio.Lock()
         self._slow_consumers = 0
+        self.observer: Observer | None = None
+        """Metrics and tracing hooks (``PrometheusMetrics.instrument``...); None: none."""
+        self._draining = False
+        self._refused = 0
+        self._rate_limited = 0
+        self._last_limit_log = 0.0
+        self._admission = Admission(
+            self.settings.max_connections,
+            self.settings.max_connections_per_ip,
+            self.settings.max_connections_per_user,
+        )
         self._emit_checks: dict[str, TypeAdapter[Any]] = {}
+        self._room_rules = RoomRules()
+        self._presence_rooms = False
+        self._holds: dict[str, dict[str, Hold]] = {}
+        self.public_user_info: Callable[[ConnectionData, str], dict[str, Any] | None] = (
+            default_public_info
+        )
+        """``(data, user_id) -> dict`` (JSON values): what presence shows of an authenticated
+        connection's user; default ``{"id": user_id}`` plus ``"name"`` when the user object
+        or its token has one. Return only what every member of a room may see."""
 
     @property
     def idle_timeout(self) -> float:
@@ -138,6 +197,9 @@ class WebSocketManager:
                 await self.backend.start(self)
                 self._started = True
                 self._stopped = False
+                self._draining = False
+                if self.settings.drain_seconds > 0:
+                    _drain.install_sigterm(self)
 
     async def _ready(self) -> None:
         if self._started:
@@ -153,6 +215,9 @@ class WebSocketManager:
         """Close every local connection (1001), let their disconnect logic run, stop the backend."""
         if not self._started:
             return
+        _drain.uninstall_sigterm(self)
+        if self.settings.drain_seconds > 0 and self._connections and not self._draining:
+            await self.drain()
         for conn in list(self._connections.values()):
             await conn.close(CloseCode.GOING_AWAY, "server shutting down")
         # Disconnect handlers may still publish (a chat's user-left): let them, for a while.
@@ -161,6 +226,53 @@ class WebSocketManager:
         await self.backend.stop()
         self._started = False
         self._stopped = True
+
+    @property
+    def started(self) -> bool:
+        """True between [`start`][fastapi_orcs_ws.WebSocketManager.start] and
+        [`stop`][fastapi_orcs_ws.WebSocketManager.stop]."""
+        return self._started
+
+    @property
+    def draining(self) -> bool:
+        """True from [`drain`][fastapi_orcs_ws.WebSocketManager.drain] until the manager starts
+        again: new WebSockets are refused."""
+        return self._draining
+
+    async def drain(
+        self, seconds: float | None = None, *, reason: str = "server restarting"
+    ) -> int:
+        """Hand this process's clients over to the others, gently (a rolling deploy).
+
+        New WebSockets are refused from now on (HTTP 503 with ``Retry-After`` before accept;
+        1013 where the server lacks the ASGI denial-response extension), and readiness
+        ([`health_router`][fastapi_orcs_ws.health_router]) reports not ready. Each open connection
+        is closed with 1012 (service restart) and ``reason``, one at a random point of its own
+        slot of ``seconds / connections``, so reconnects reach the other processes at a
+        steady rate. Returns when every closed connection's ``disconnect`` handler has run
+        (waiting at most ``WS_CLOSE_TIMEOUT + WS_SLOW_CONSUMER_TIMEOUT`` after the last
+        close; a WARNING counts those still open then). The manager keeps refusing until it
+        is started again.
+
+        Args:
+            seconds: the window; default ``WS_DRAIN_SECONDS`` (0: close all at once).
+            reason: the close reason (cut to 123 bytes of UTF-8).
+
+        Returns:
+            How many connections it closed.
+
+        Raises:
+            ValueError: ``seconds`` is negative or not finite.
+
+        Example:
+            ```python
+            @app.post("/admin/drain")
+            async def drain(manager: WebSocketManager = Depends(get_manager)) -> dict:
+                return {"closed": await manager.drain(10)}
+            ```
+        """
+        window = self.settings.drain_seconds if seconds is None else seconds
+        return await _drain.drain(self, window, reason)
 
     async def __aenter__(self) -> WebSocketManager:
         await self.start()
@@ -187,15 +299,77 @@ class WebSocketManager:
 
     # -- membership ---------------------------------------------------------------------
 
-    async def join_room(self, client_id: str, room: str) -> bool:
+    @overload
+    async def join_room(self, client_id: str, room: str) -> bool: ...
+
+    @overload
+    async def join_room(
+        self,
+        client_id: str,
+        room: str,
+        *,
+        since: Position | None,
+        history: RoomHistory | None = None,
+    ) -> JoinResult: ...
+
+    async def join_room(
+        self,
+        client_id: str,
+        room: str,
+        *,
+        since: Any = _NO_POSITION,
+        history: RoomHistory | None = None,
+    ) -> bool | JoinResult:
         """Put a client in a room; False if the client is not connected.
 
-        Raises TypeError if ``client_id`` or ``room`` is not a ``str`` (a ``str`` subclass,
-        such as a ``StrEnum`` member, counts as its plain value).
+        Joining a room the client is already in succeeds and changes nothing.
+
+        With ``since=`` (a [`Position`][fastapi_orcs_ws.Position], or ``None`` for a first
+        join) it returns a [`JoinResult`][fastapi_orcs_ws.JoinResult] instead: in a room
+        with history (``configure_rooms``, or ``history=`` for the bounds it was written
+        with), every frame after ``since`` is written to the client, in order and once,
+        before any live frame of the room; live frames that arrive meanwhile wait and
+        follow, without duplicates. If the history no longer covers the gap or its epoch
+        changed, nothing is replayed and ``recovered`` is False (the client should reload
+        the room's state). The client must be connected to this process (the usual case:
+        its own ``join`` handler); frames waiting for it beyond ``WS_SEND_QUEUE_SIZE``
+        close it as a slow consumer (4429).
+
+        In a room with ``presence_events``, the other members get ``presence-join``.
+
+        Raises:
+            RoomLimitError: ``room`` is longer than ``WS_MAX_ROOM_NAME_LENGTH`` characters
+                (default 256), or the client is in ``WS_MAX_ROOMS_PER_CLIENT`` rooms already
+                (default 100; on every backend, checked atomically with the join on Redis).
+                An [`EventError`][fastapi_orcs_ws.EventError]: a handler that lets it
+                propagate answers the client with a ``room_limit`` error event.
+            TypeError: ``client_id`` or ``room`` is not a ``str`` (a ``str`` subclass, such
+                as a ``StrEnum`` member, counts as its plain value); ``since`` is not a
+                ``Position`` or ``None``.
+            ValueError: ``since`` was given for a client of another process, in a room with
+                history (the replay is written by the process that holds the socket).
         """
         client_id, room = _client_id(client_id), _room(room)
+        longest = self.settings.max_room_name_length
+        if len(room) > longest:
+            raise RoomLimitError(
+                f"room names are at most {longest} characters (WS_MAX_ROOM_NAME_LENGTH); "
+                f"this one has {len(room)}",
+                limit=longest,
+            )
         await self._ready()
-        return await self.backend.join(client_id, room)
+        if since is _NO_POSITION and history is None and not self._room_rules:
+            return await self.backend.join(client_id, room, self.settings.max_rooms_per_client)
+        rule = self._room_rules.for_room(room)
+        result = await join_and_recover(
+            self,
+            client_id,
+            room,
+            None if since is _NO_POSITION else since,
+            history if history is not None else rule.history if rule else None,
+            rule.presence_events if rule else None,
+        )
+        return result if since is not _NO_POSITION else result.joined
 
     async def leave_room(self, client_id: str, room: str) -> bool:
         """Take a client out of a room (an empty room disappears); False if it was not in it.
@@ -204,7 +378,174 @@ class WebSocketManager:
         """
         client_id, room = _client_id(client_id), _room(room)
         await self._ready()
-        return await self.backend.leave(client_id, room)
+        left = await self.backend.leave(client_id, room)
+        if left and self._presence_rooms:
+            rule = self._room_rules.for_room(room)
+            if rule is not None and rule.presence_events is not None:
+                info = await self._presence_info(client_id)
+                await announce(self, PRESENCE_LEAVE, client_id, (room,), info)
+        return left
+
+    def configure_rooms(
+        self,
+        pattern: str,
+        *,
+        history: RoomHistory | None = None,
+        presence_events: PresenceEvents = None,
+    ) -> None:
+        """Settings for the rooms whose name matches ``pattern`` (``fnmatch`` style, case
+        sensitive: ``"chat:*"``, ``"general"``); the first pattern configured that matches
+        wins, and configuring a pattern again replaces it. Off by default.
+
+        Args:
+            pattern: a room name or an ``fnmatch`` pattern (``*``, ``?``, ``[seq]``).
+            history: keep the room's frames for recovery
+                ([`RoomHistory`][fastapi_orcs_ws.RoomHistory]); each frame broadcast to it
+                carries ``room``, ``offset`` and ``epoch`` at the envelope's top level.
+            presence_events: ``"client"``: the room's members get ``presence-join`` /
+                ``presence-leave`` (``{"room", "clientId", "user"}``) once per client that
+                joins or leaves (disconnects and vanished clients included); ``"user"``:
+                only for a user's first client in and last client out; ``None``: none.
+
+        Raises:
+            ConfigurationError: the backend keeps no history, or ``presence_events`` is not
+                one of the values above.
+
+        Example:
+            ```python
+            manager.configure_rooms("chat:*", history=RoomHistory(size=100, ttl=300),
+                                    presence_events="client")
+            ```
+        """
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigurationError("configure_rooms: the pattern is a non-empty str")
+        if presence_events not in (None, "client", "user"):
+            raise ConfigurationError(
+                f"configure_rooms: presence_events is 'client', 'user' or None, "
+                f"not {presence_events!r:.40}"
+            )
+        if history is not None:
+            if not isinstance(history, RoomHistory):
+                raise ConfigurationError("configure_rooms: history is a RoomHistory or None")
+            if not self.backend.history_support:
+                raise ConfigurationError(
+                    f"configure_rooms({pattern!r:.60}): the {self.backend.name} backend keeps "
+                    "no room history; use memory:// or redis://"
+                )
+        self._room_rules.add(RoomRule(pattern, history, presence_events))
+        self._presence_rooms = self._room_rules.presence()
+
+    async def history(
+        self,
+        room: str,
+        *,
+        since: Position | None = None,
+        limit: int | None = None,
+        history: RoomHistory | None = None,
+    ) -> HistoryPage:
+        """Read the frames a room keeps, oldest first.
+
+        Without ``since``: the last ``limit`` frames (all without ``limit``). With it: the
+        frames after it (at most ``limit``, the oldest first) and ``complete`` telling
+        whether the history still covers everything after it in the same epoch (if not,
+        ``entries`` is empty).
+
+        Args:
+            room: the room.
+            since: a [`Position`][fastapi_orcs_ws.Position].
+            limit: most entries returned, >= 0.
+            history: the bounds the frames were written with, for a room with no
+                ``configure_rooms`` pattern.
+
+        Raises:
+            ValueError: the room keeps no history, or ``limit`` is negative.
+            TypeError: ``room`` is not a ``str``, ``since`` not a ``Position``.
+        """
+        room = _room(room)
+        if since is not None and not isinstance(since, Position):
+            raise TypeError(f"since is a Position or None, not {type(since).__name__}")
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise ValueError(f"limit is an int >= 0 or None, not {limit!r:.40}")
+        keep = history or self._history_of(room)
+        if keep is None:
+            raise ValueError(
+                f"room {room[:100]!r} keeps no history: configure_rooms(pattern, "
+                "history=RoomHistory(...)) first"
+            )
+        await self._ready()
+        return await self.backend.read_history(room, keep, since, limit)
+
+    async def presence(self, room: str) -> Presence:
+        """Who is in ``room`` on every process: each client with its user's public info,
+        the number of connections and of distinct users.
+
+        Raises TypeError if ``room`` is not a ``str``.
+
+        Example:
+            ```python
+            @app.get("/rooms/{room}/presence")
+            async def who(room: str, manager: WebSocketManager = Depends(get_manager)):
+                return await manager.presence(room)
+            ```
+        """
+        room = _room(room)
+        await self._ready()
+        return presence_of(room, await self.backend.presence(room))
+
+    async def get_user_clients(self, user_id: str) -> set[str]:
+        """The ids of every connection of an authenticated user, on every process
+        (``str(user.id)``, else the token's ``sub``, as ``disconnect_user``).
+
+        Raises TypeError if ``user_id`` is not a ``str``.
+        """
+        user_id = _user_id(user_id)
+        await self._ready()
+        return await self.backend.user_clients(user_id)
+
+    async def send_to_user(self, user_id: str, event: str, payload: Any = None) -> int:
+        """Send to every connection of an authenticated user, on every process.
+
+        Returns how many connections *this process* delivered to; the other processes
+        deliver theirs when the message arrives (at most once, like every cross-process
+        message; a failed publish is counted in ``Stats.publish_failures``).
+
+        Raises TypeError if ``user_id`` is not a ``str``.
+        """
+        user_id = _user_id(user_id)
+        await self._ready()
+        frame = self.encode_event(event, payload)
+        pending: list[Any] = []
+        token = PENDING.set(pending)
+        try:
+            sent = await self.backend.publish_user(user_id, frame)
+        finally:
+            PENDING.reset(token)
+        if pending:
+            await settle(pending)
+        return sent
+
+    def _history_of(self, room: str) -> RoomHistory | None:
+        rule = self._room_rules.for_room(room)
+        return rule.history if rule is not None else None
+
+    async def _presence_info(self, client_id: str) -> Mapping[str, Any]:
+        conn = self._connections.get(client_id)
+        if conn is not None:
+            return self._client_info(conn.data, "")
+        return await self.backend.client_info(client_id)
+
+    def _client_info(self, data: ConnectionData, route: str) -> dict[str, Any]:
+        """What a client is registered with: its route, and its user for presence."""
+        info: dict[str, Any] = {"route": route} if route else {}
+        user_id = user_key(data)
+        if user_id is not None:
+            info["user_id"] = user_id
+            try:
+                info["user"] = self.public_user_info(data, user_id)
+            except Exception:
+                logger.exception("public_user_info failed for user %r", user_id[:80])
+                info["user"] = {"id": user_id}
+        return info
 
     async def get_room_clients(self, room: str) -> set[str]:
         """The ids of the clients in ``room``; TypeError if ``room`` is not a ``str``."""
@@ -227,6 +568,8 @@ class WebSocketManager:
             rooms=counts.rooms,
             average_room_size=round(counts.memberships / counts.rooms, 2) if counts.rooms else 0.0,
             slow_consumer_disconnects=self._slow_consumers,
+            connections_refused=self._refused,
+            events_rate_limited=self._rate_limited,
             publish_failures=counts.publish_failures,
             frames_lost=counts.frames_lost,
             backend=self.backend.name,
@@ -250,19 +593,46 @@ class WebSocketManager:
         return sent
 
     async def broadcast_to_room(
-        self, room: str, event: str, payload: Any = None, *, exclude: Exclude = None
+        self,
+        room: str,
+        event: str,
+        payload: Any = None,
+        *,
+        exclude: Exclude = None,
+        history: RoomHistory | bool = True,
     ) -> int:
         """Send to every client in ``room`` except ``exclude``; returns how many.
+
+        In a room with history (``configure_rooms``) the frame gets the room's next
+        position and is kept: ``{"event", "payload", "room", "offset", "epoch"}``. An
+        excluded client's frames are kept too (a recovering client gets them).
+
+        Args:
+            history: ``True``: as the room is configured; ``False``: this frame is neither
+                positioned nor kept (a typing indicator); a
+                [`RoomHistory`][fastapi_orcs_ws.RoomHistory]: keep it with these bounds
+                (pass the same to ``history()`` and ``join_room`` of a room that has no
+                ``configure_rooms`` pattern).
 
         Raises TypeError if ``room`` is not a ``str``.
         """
         room = _room(room)
         await self._ready()
-        frame = self.encode_event(event, payload)
+        keep = None
+        if history is not True or self._room_rules:
+            keep = history if isinstance(history, RoomHistory) else None
+            if history is True:
+                keep = self._history_of(room)
         pending: list[Any] = []
         token = PENDING.set(pending)
         try:
-            sent = await self.backend.publish_room(room, frame, _exclude(exclude))
+            if keep is None:
+                frame = self.encode_event(event, payload)
+                sent = await self.backend.publish_room(room, frame, _exclude(exclude))
+            else:
+                self._check_emit(event, payload)
+                head = encode_room_head(event, payload, room)
+                sent = await self.backend.publish_history(room, head, _exclude(exclude), keep)
         finally:
             PENDING.reset(token)
         await _finish_fan_out(pending)
@@ -294,14 +664,65 @@ class WebSocketManager:
         await self._ready()
         return await self.backend.disconnect_client(client_id, code, truncate_reason(reason))
 
+    async def disconnect_user(
+        self, user_id: str, code: int = CloseCode.NORMAL, reason: str = ""
+    ) -> int:
+        """Close every connection of an authenticated user, on every process (log-out,
+        revocation of a token or an account).
+
+        A connection belongs to user ``user_id`` when it was authenticated and
+        ``str(ws.data.user.id)`` (else the token's ``sub`` claim) equals it: the identity the
+        per-user connection cap counts. Each is closed as ``disconnect(client_id, code,
+        reason)`` would (its ``disconnect`` handler runs). With a shared backend (Redis) the
+        other processes are told at once and close theirs when the message arrives (at most
+        once, like every cross-process message).
+
+        Args:
+            user_id: the user's id, a ``str``.
+            code: the close code (an application may send 1000-1003, 1007-1014, 3000-4999;
+                4401 or 4403 suit a revocation).
+            reason: the close reason (cut to 123 bytes of UTF-8).
+
+        Returns:
+            How many connections *this process* closed (0 if it held none of that user's);
+            the other processes' are not counted.
+
+        Raises:
+            ValueError: ``code`` is not a close code an application may send.
+            TypeError: ``user_id`` is not a ``str``.
+            BackendError: a shared backend could not tell the other processes (Redis is
+                unreachable); this process's connections are closed already: call again.
+
+        Example:
+            ```python
+            @app.post("/logout")
+            async def logout(user: User = Depends(current_user),
+                             manager: WebSocketManager = Depends(get_manager)) -> dict:
+                return {"closed": await manager.disconnect_user(user.id, 4401, "logged out")}
+            ```
+        """
+        validate_close_code(code)
+        if not isinstance(user_id, str):
+            raise TypeError(
+                f"user ids are str, not {type(user_id).__name__} ({_short_repr(user_id)}): "
+                "pass str(user_id)"
+            )
+        await self._ready()
+        return await self.backend.disconnect_user(
+            str.__str__(user_id), code, truncate_reason(reason)
+        )
+
     def encode_event(self, event: str, payload: Any = None) -> str:
         """Encode one outbound frame; with ``WS_DEBUG`` check it against declared ``emits``."""
+        self._check_emit(event, payload)
+        return encode(event, payload)
+
+    def _check_emit(self, event: str, payload: Any) -> None:
         if self._emit_checks:
             adapter = self._emit_checks.get(event)
             if adapter is not None:
                 # Raises pydantic.ValidationError into the sending handler: a bug to fix.
                 adapter.validate_python(payload)
-        return encode(event, payload)
 
     def declare_emits(self, emits: dict[str, Any]) -> None:
         """Record what routes send; in debug mode outgoing payloads are checked against it."""
@@ -312,7 +733,8 @@ class WebSocketManager:
     # -- local connections --------------------------------------------------------------
 
     def get_connection(self, client_id: str) -> Connection | None:
-        """The :class:`Connection` of a client held by this process, if any."""
+        """The [`Connection`][fastapi_orcs_ws.Connection] of a client held by this process, if
+        any."""
         return self._connections.get(client_id)
 
     @property
@@ -354,10 +776,23 @@ class WebSocketManager:
         await self._ready()
         self._connections[conn.data.client_id] = conn
         self._drained.clear()
-        await self.backend.add_client(conn.data.client_id, {"route": route} if route else None)
+        info = self._client_info(conn.data, route)
+        await self.backend.add_client(conn.data.client_id, info or None)
 
     async def _unregister(self, conn: Connection) -> None:
         client_id = conn.data.client_id
+        if self._presence_rooms:
+            # Membership is still in place: the leave events go to the others, once.
+            try:
+                rooms = await self.backend.client_rooms(client_id)
+            except Exception:
+                logger.warning(
+                    "presence-leave of %s not sent: rooms unknown", client_id, exc_info=True
+                )
+            else:
+                await announce(
+                    self, PRESENCE_LEAVE, client_id, rooms, self._client_info(conn.data, "")
+                )
         if self._connections.get(client_id) is conn:
             del self._connections[client_id]
         if not self._connections:
@@ -367,8 +802,42 @@ class WebSocketManager:
         except Exception:
             logger.exception("backend failed to remove client %s", client_id)
 
+    def _count_refusal(self, cap: str, route: str) -> None:
+        self._refused += 1
+        if self.observer is not None:
+            self.observer.refused(route, "caps")
+        if self._limit_log_due():
+            logger.warning(
+                "refused a WebSocket handshake on %s: %s is full (WS_%s); %d refused so far",
+                route,
+                cap,
+                cap.upper(),
+                self._refused,
+            )
+
+    def _count_rate_limited(self, conn: Connection, overdraft: int) -> None:
+        self._rate_limited += 1
+        if self.observer is not None:
+            self.observer.rate_limited(conn)
+        if overdraft == 1 and self._limit_log_due():
+            logger.warning(
+                "client %s is over its rate limit; its events are not handled (%d so far)",
+                conn.data.client_id,
+                self._rate_limited,
+            )
+
+    def _limit_log_due(self) -> bool:
+        # One WARNING per second at most: an attack must not flood the log.
+        now = time.monotonic()
+        if now - self._last_limit_log < 1.0:
+            return False
+        self._last_limit_log = now
+        return True
+
     def _count_slow_consumer(self, conn: Connection, why: str) -> None:
         self._slow_consumers += 1
+        if self.observer is not None:
+            self.observer.slow_consumer(conn)
         logger.warning(
             "client %s is not keeping up (%s); disconnecting with %d",
             conn.data.client_id,
@@ -389,6 +858,8 @@ class WebSocketManager:
         pending = PENDING.get()
         conns = self._connections
         sent = 0
+        if self._holds:  # a recovering client's live frames wait for its replay
+            exclude, sent = self._hold_back(frame, client_ids, exclude)
         if client_ids is None:
             if exclude:
                 for client_id, conn in conns.items():
@@ -398,15 +869,60 @@ class WebSocketManager:
                 for conn in conns.values():
                     if conn.deliver(message, pending):
                         sent += 1
-            return sent
-        get = conns.get
-        for client_id in client_ids:
-            if exclude and client_id in exclude:
-                continue
-            target = get(client_id)
-            if target is not None and target.deliver(message, pending):
-                sent += 1
+        else:
+            get = conns.get
+            for client_id in client_ids:
+                if exclude and client_id in exclude:
+                    continue
+                target = get(client_id)
+                if target is not None and target.deliver(message, pending):
+                    sent += 1
+        if self.observer is not None:  # once per fan-out, never per recipient
+            self.observer.frames_sent(sent, utf8_size(frame))
         return sent
+
+    def _hold_back(
+        self, frame: str, client_ids: Iterable[str] | None, exclude: Collection[str]
+    ) -> tuple[Collection[str], int]:
+        held = held_recipients(self._holds, client_ids, exclude)
+        position = frame_position(frame) if held else None
+        if position is None:
+            return exclude, 0
+        room, offset = position
+        taken: list[str] = []
+        limit = self.settings.send_queue_size
+        for client_id in held:
+            hold = self._holds[client_id].get(room)
+            if hold is None:
+                continue
+            taken.append(client_id)
+            if len(hold.frames) >= limit:
+                conn = self._connections.get(client_id)
+                if conn is not None and not conn.closed:
+                    self._count_slow_consumer(conn, "live frames piled up during its replay")
+                    conn.close_nowait(CloseCode.SLOW_CONSUMER, "too far behind")
+                continue
+            hold.frames.append((offset, frame))
+        if not taken:
+            return exclude, 0
+        return {*exclude, *taken}, len(taken)
+
+    async def _vanished_presence(self, client_id: str, info: Mapping[str, Any]) -> None:
+        try:
+            rooms = await self.backend.client_rooms(client_id)
+        except Exception:
+            logger.warning(
+                "presence-leave of vanished client %s not sent: rooms unknown",
+                client_id,
+                exc_info=True,
+            )
+            return
+        await announce(self, PRESENCE_LEAVE, client_id, rooms, info)
+
+    def deliver_user_local(self, user_id: str, frame: str) -> int:
+        """Node: queue ``frame`` for every local connection of an authenticated user."""
+        ids = [cid for cid, conn in self._connections.items() if user_key(conn.data) == user_id]
+        return self.deliver_local(frame, ids, ()) if ids else 0
 
     async def close_local(self, client_id: str, code: int, reason: str) -> bool:
         conn = self._connections.get(client_id)
@@ -415,11 +931,21 @@ class WebSocketManager:
         await conn.close(code, reason)
         return True
 
+    async def close_user_local(self, user_id: str, code: int, reason: str) -> int:
+        # Queue every close first: one stalled socket must not delay the user's others.
+        closed = 0
+        for conn in list(self._connections.values()):
+            if not conn.closed and user_key(conn.data) == user_id:
+                conn.close_nowait(code, reason)
+                closed += 1
+        return closed
+
     def served_routes(self) -> Collection[str]:
         """Node: the routes whose vanished clients this process can run disconnect logic for.
 
         The paths of its routes, plus ``""`` (clients registered without a route) when an
-        :meth:`on_clients_gone` callback is registered. A worker with neither claims none.
+        [`on_clients_gone`][fastapi_orcs_ws.WebSocketManager.on_clients_gone] callback is
+        registered. A worker with neither claims none.
         """
         routes = list(self._route_gone)
         if self._gone_callbacks:
@@ -440,6 +966,8 @@ class WebSocketManager:
             if handler is None:
                 if route:
                     unserved[str(route)] = unserved.get(str(route), 0) + 1
+                if self._presence_rooms:
+                    await self._vanished_presence(client_id, info)
                 continue
             try:
                 if route in self._route_gone_takes_info:
@@ -448,6 +976,8 @@ class WebSocketManager:
                     await handler(client_id)
             except Exception:
                 logger.exception("disconnect logic for vanished client %s failed", client_id)
+            if self._presence_rooms:
+                await self._vanished_presence(client_id, info)
         for route, count in unserved.items():
             logger.warning(
                 "no live process serves route %r: the disconnect handler of %d vanished "
@@ -471,6 +1001,17 @@ async def _finish_fan_out(pending: list[Any]) -> None:
         await asyncio.sleep(0)
 
 
+def user_key(data: ConnectionData) -> str | None:
+    """The user a connection belongs to (the per-user cap's key): ``str(user.id)``, else the
+    verified token's ``sub``; None when the connection is not authenticated."""
+    if not data.authenticated:
+        return None
+    user_id = getattr(data.user, "id", None)
+    if user_id is None and isinstance(data.claims, dict):
+        user_id = data.claims.get("sub")
+    return None if user_id is None else str(user_id)
+
+
 def _room(room: object) -> str:
     # One rule on every backend: a room id is a str (42 and "42" would be one room in
     # Redis and two in memory). A str subclass (an enum member) counts as its value.
@@ -487,6 +1028,15 @@ def _client_id(client_id: object) -> str:
         return str.__str__(client_id)
     raise TypeError(
         f"client ids are str, not {type(client_id).__name__} ({_short_repr(client_id)})"
+    )
+
+
+def _user_id(user_id: object) -> str:
+    if isinstance(user_id, str):
+        return str.__str__(user_id)
+    raise TypeError(
+        f"user ids are str, not {type(user_id).__name__} ({_short_repr(user_id)}): "
+        "pass str(user_id)"
     )
 
 

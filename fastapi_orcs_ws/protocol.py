@@ -7,11 +7,19 @@ acknowledgement. This module is the only place that knows that shape.
 
 from __future__ import annotations
 
+import dataclasses
+import json as _json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import IntEnum, StrEnum
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic_core import from_json, to_json
+
+from .errors import EncodeError
 
 __all__ = [
     "CloseCode",
@@ -64,6 +72,11 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     HTTP_ERROR = "http_error"
     """A handler raised FastAPI's ``HTTPException``; the event carries its ``status``."""
+    RATE_LIMITED = "rate_limited"
+    """The client sent events faster than its rate limit; the event was not handled."""
+    ROOM_LIMIT = "room_limit"
+    """A handler's ``join_room`` was refused (``RoomLimitError``): too many rooms for the
+    client, or a room name too long; the event carries the ``limit``."""
 
 
 class ProtocolError(Exception):
@@ -76,7 +89,7 @@ class ProtocolError(Exception):
         self.event = event
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs ~1 us per inbound frame
 class Envelope:
     """A decoded inbound frame."""
 
@@ -85,12 +98,105 @@ class Envelope:
     id: str | int | None = None
 
 
-def encode(event: str, payload: Any = None, *, id: str | int | None = None) -> str:
-    """Encode one outbound frame. Pydantic models, datetimes and dataclasses are welcome."""
+def encode(
+    event: str,
+    payload: Any = None,
+    *,
+    id: str | int | None = None,
+    room: str | None = None,
+    offset: int | None = None,
+    epoch: str | None = None,
+) -> str:
+    """Encode one outbound frame as strict JSON (RFC 8259), the rules the decoder applies.
+
+    A frame of a room that keeps history carries its position beside the event, at the top
+    level: ``{"event", "payload", "room", "offset", "epoch"}`` (docs/rooms.md); clients that
+    read only ``event`` and ``payload`` ignore it.
+
+    ``payload`` may hold anything pydantic serialises: models, dataclasses, datetimes,
+    ``Decimal``, UUIDs, enums, sets... (pydantic's JSON mode).
+
+    Returns:
+        ``{"event": event, "payload": payload}`` (plus ``"id"`` when given) as text.
+
+    Raises:
+        EncodeError: the payload holds a float or ``Decimal`` that is NaN or infinite
+            (``1e999`` is infinite), anywhere (nested models included; pydantic would write
+            them as ``NaN``/``Infinity``, which ``JSON.parse`` rejects, or as ``null``), or an
+            object pydantic cannot serialise. The message names the event and the place
+            (``payload.items[2].price is inf``). A model that sets ``ser_json_inf_nan`` to
+            ``"null"`` or ``"strings"`` in its config chose a valid JSON form for its own
+            floats, and gets it.
+    """
     body: dict[str, Any] = {"event": event, "payload": payload}
     if id is not None:
         body["id"] = id
-    return to_json(body).decode()
+    if room is not None:
+        body["room"] = room
+    if offset is not None:
+        body["offset"] = offset
+    if epoch is not None:
+        body["epoch"] = epoch
+    try:
+        data = to_json(body)
+    except (ValueError, TypeError, RecursionError) as exc:  # PydanticSerializationError too
+        raise EncodeError(f"cannot encode event {event!r:.80}: {_short(exc)}", event=event) from exc
+    # Fast path: no constant, and no null that could be a model's NaN/Infinity in disguise
+    # (pydantic models write them as null by default). bytes.find beats `in` here.
+    constant = data.find(b"NaN") >= 0 or data.find(b"Infinity") >= 0
+    if constant or data.find(b"null") >= 0:
+        problem = _non_finite(payload)
+        if problem is None and constant:
+            try:  # a bare constant the walk could not see (a custom serializer's output)
+                from_json(data, allow_inf_nan=False)
+            except ValueError:
+                problem = "payload holds NaN or Infinity"
+        if problem is not None:
+            raise EncodeError(
+                f"cannot encode event {event!r:.80}: {problem} (JSON has no NaN or Infinity; "
+                "send null or a string)",
+                event=event,
+            )
+    return data.decode()
+
+
+_OFFSET_KEY = ',"offset":'
+
+
+def encode_room_head(event: str, payload: Any, room: str) -> str:
+    """The frame of a room with history up to its offset, encoded once per broadcast.
+
+    The frame is ``head + str(offset) + position_tail(epoch)``: the backend that assigns the
+    position (atomically with the write to history) completes it without re-encoding.
+    Raises ``EncodeError`` as [`encode`][fastapi_orcs_ws.protocol.encode].
+    """
+    return encode(event, payload, room=room)[:-1] + _OFFSET_KEY
+
+
+def position_tail(epoch: str) -> str:
+    """What follows the offset in a positioned frame: ``,"epoch":"..."}``."""
+    return ',"epoch":' + _json.dumps(epoch) + "}"
+
+
+def unpositioned(head: str) -> str:
+    """The frame of ``encode_room_head`` without a position (history could not be written)."""
+    return head[: -len(_OFFSET_KEY)] + "}"
+
+
+def frame_position(frame: str) -> tuple[str, int] | None:
+    """``(room, offset)`` of a positioned frame; None for any other frame."""
+    if _OFFSET_KEY not in frame:
+        return None
+    try:
+        body = from_json(frame)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    room, offset = body.get("room"), body.get("offset")
+    if isinstance(room, str) and type(offset) is int:
+        return room, offset
+    return None
 
 
 def encode_error(
@@ -106,11 +212,156 @@ def encode_error(
     return encode("error", payload, id=id)
 
 
-def decode_envelope(text: str) -> Envelope:
-    """Decode and check one inbound text frame, or raise :class:`ProtocolError`."""
+_SAFE_NON_FINITE = ("null", "strings")  # ser_json_inf_nan values that give valid JSON
+_LEAF, _FLOAT, _DECIMAL, _MAPPING, _SEQUENCE, _MODEL, _DATACLASS = range(1, 8)  # all truthy
+_KINDS: dict[type, int] = {
+    str: _LEAF,
+    int: _LEAF,
+    bool: _LEAF,
+    type(None): _LEAF,
+    bytes: _LEAF,
+    float: _FLOAT,
+    Decimal: _DECIMAL,
+    dict: _MAPPING,
+    list: _SEQUENCE,
+    tuple: _SEQUENCE,
+}
+_MODELS: dict[type, tuple[bool, bool, tuple[str, ...], tuple[str, ...]]] = {}
+_CACHE_LIMIT = 4096  # types and model classes remembered (dynamic models must not leak)
+
+
+def _kind(cls: type) -> int:
+    kind = _KINDS.get(cls)
+    if kind is None:
+        if issubclass(cls, str | int | bytes) or cls is type(None):
+            kind = _LEAF
+        elif issubclass(cls, float):
+            kind = _FLOAT
+        elif issubclass(cls, Decimal):
+            kind = _DECIMAL
+        elif issubclass(cls, Mapping):
+            kind = _MAPPING
+        elif issubclass(cls, list | tuple | set | frozenset):
+            kind = _SEQUENCE
+        elif issubclass(cls, BaseModel):
+            kind = _MODEL
+        elif dataclasses.is_dataclass(cls):
+            kind = _DATACLASS
+        else:  # pydantic writes it as a string (datetime, UUID...) or refused it already
+            kind = _LEAF
+        if len(_KINDS) > _CACHE_LIMIT:
+            _KINDS.clear()
+            _KINDS.update({str: _LEAF, float: _FLOAT, dict: _MAPPING, list: _SEQUENCE})
+        _KINDS[cls] = kind
+    return kind
+
+
+def _non_finite(value: Any) -> str | None:
+    """Where ``value`` holds a NaN or infinite float/Decimal that would be sent, if anywhere."""
     try:
-        # pydantic-core bounds nesting depth (no RecursionError) and we refuse NaN/Infinity.
-        data = from_json(text, allow_inf_nan=False)
+        found = _find(value, False)
+    except RecursionError:
+        return "the payload is nested too deeply to check"
+    if found is None:
+        return None
+    parts, problem = found
+    return f"{('payload' + ''.join(reversed(parts)))[:200]} is {problem}"
+
+
+def _find(value: Any, allowed: bool) -> tuple[list[str], str] | None:
+    """``(reversed path parts, problem)`` of the first non-finite number in ``value``."""
+    kind = _KINDS.get(type(value)) or _kind(type(value))
+    if kind == _MAPPING:
+        for key, item in value.items():
+            # Leaves are skipped inline: this walk runs on the broadcast path.
+            if _KINDS.get(type(item)) == _LEAF:
+                continue
+            found = _find(item, allowed)
+            if found is not None:
+                found[0].append(f".{key}")
+                return found
+        return None
+    if kind == _SEQUENCE:
+        for index, item in enumerate(value):
+            if _KINDS.get(type(item)) == _LEAF:
+                continue
+            found = _find(item, allowed)
+            if found is not None:
+                found[0].append(f"[{index}]")
+                return found
+        return None
+    if kind == _FLOAT:
+        return None if allowed or math.isfinite(value) else ([], repr(value))
+    if kind == _LEAF:
+        return None
+    if kind == _DECIMAL:
+        return None if value.is_finite() else ([], f"Decimal({str(value)!r})")
+    if kind == _MODEL:
+        return _find_in_model(value)
+    fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return _find(fields, allowed)
+
+
+def _find_in_model(model: BaseModel) -> tuple[list[str], str] | None:
+    cls = type(model)
+    info = _MODELS.get(cls)
+    if info is None:
+        allowed = cls.model_config.get("ser_json_inf_nan") in _SAFE_NON_FINITE
+        decorators = cls.__pydantic_decorators__
+        custom = {name for d in decorators.field_serializers.values() for name in d.info.fields}
+        names = tuple(
+            name
+            for name, field in cls.model_fields.items()
+            if not field.exclude and name not in custom
+        )
+        info = (
+            allowed,
+            bool(decorators.model_serializers),
+            names,
+            tuple(cls.model_computed_fields),
+        )
+        if len(_MODELS) > _CACHE_LIMIT:
+            _MODELS.clear()
+        _MODELS[cls] = info
+    allowed, own_shape, names, computed = info
+    if own_shape:  # a model_serializer decides the model's shape
+        return _find(model.model_dump(mode="python"), allowed)
+    fields = model.__dict__
+    for name in names:
+        item = fields.get(name)
+        if _KINDS.get(type(item)) == _LEAF:
+            continue
+        found = _find(item, allowed)
+        if found is not None:
+            found[0].append(f".{name}")
+            return found
+    extra = dict(model.__pydantic_extra__ or {})
+    extra.update((name, getattr(model, name)) for name in computed)
+    return _find(extra, allowed) if extra else None
+
+
+LARGE_FRAME_CHARS = 1 << 16
+"""Non-ASCII frames longer than this are decoded by the stdlib (less memory, see below)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_envelope(text: str) -> Envelope:
+    """Decode and check one inbound text frame, or raise `ProtocolError`."""
+    try:
+        if len(text) > LARGE_FRAME_CHARS and not text.isascii():
+            # pydantic-core copies non-ASCII text to UTF-8 first: a 16 MiB frame would cost
+            # 3-4x its size. The stdlib decoder builds only the result.
+            data = _json.loads(text, parse_constant=_refuse_constant)
+        else:
+            # pydantic-core bounds nesting depth and we refuse NaN/Infinity.
+            data = from_json(text, allow_inf_nan=False)
+    except RecursionError:
+        raise ProtocolError(
+            "frame is not valid JSON: nested too deeply", ErrorCode.INVALID_JSON
+        ) from None
     except ValueError as exc:
         message = f"frame is not valid JSON: {_short(exc)}"
         raise ProtocolError(message, ErrorCode.INVALID_JSON) from None

@@ -1,6 +1,6 @@
 """WebSocketRouter and event routes: registration, route discovery, ``get_manager``.
 
-A connection's life (handshake, reader, dispatch, clean-up) is in :mod:`.session`.
+A connection's life (handshake, reader, dispatch, clean-up) is in `session`.
 """
 
 from __future__ import annotations
@@ -11,18 +11,16 @@ import re
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import fastapi.routing
 from fastapi import APIRouter, params
 from starlette.requests import HTTPConnection
 from starlette.routing import Mount
-from starlette.types import Lifespan, Receive, Scope, Send
+from starlette.types import Lifespan, Scope
 from starlette.websockets import WebSocket
 
 from ._context import (
-    SCOPE_ASGI_RECEIVE,
-    SCOPE_ASGI_SEND,
     SCOPE_AUTHENTICATOR,
     SCOPE_CONNECTION,
     SCOPE_ROUTE,
@@ -31,9 +29,9 @@ from ._context import SCOPE_MANAGER as SCOPE_MANAGER
 from ._redact import install_log_redaction
 from .auth import Authenticator, AuthOptions, current_user, optional_user
 from .auth import _resolve as _resolve_user
-from .dependencies import validate_handshake
 from .errors import ConfigurationError
 from .handlers import EventHandler, compile_handler
+from .limits import RateLimit
 from .manager import WebSocketManager
 from .protocol import RESERVED_EVENTS
 from .session import run_session, run_vanished
@@ -49,7 +47,8 @@ _ = (SCOPE_AUTHENTICATOR, SCOPE_CONNECTION)  # re-exported: older imports name t
 
 
 class EventRoute:
-    """The events of one WebSocket path; returned by :meth:`WebSocketRouter.ws`.
+    """The events of one WebSocket path; returned by
+    [`WebSocketRouter.ws`][fastapi_orcs_ws.WebSocketRouter.ws].
 
     Example:
         ```python
@@ -71,7 +70,15 @@ class EventRoute:
         description: str | None,
         subprotocols: Sequence[str] = (),
         concurrency: int = 1,
+        rate_limit: RateLimit | Literal[False] | None = None,
     ) -> None:
+        if rate_limit is not None and rate_limit is not False and not isinstance(
+            rate_limit, RateLimit
+        ):
+            raise ConfigurationError(
+                f"route {path!r}: rate_limit is a RateLimit(per_second, burst), False (no limit) "
+                f"or None (the settings' WS_RATE_LIMIT_*), got {rate_limit!r}"
+            )
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(
                 f"route {path!r}: concurrency must be an integer >= 1, got {concurrency!r}"
@@ -95,6 +102,9 @@ class EventRoute:
         self.subprotocols: tuple[str, ...] = tuple(subprotocols)
         """Subprotocols this route speaks, in order of preference (RFC 6455 section 1.9)."""
         self.concurrency = concurrency
+        self.rate_limit = rate_limit
+        """This route's [`RateLimit`][fastapi_orcs_ws.RateLimit]; None: the settings'; False:
+        none."""
         """How many of one connection's events may be handled at once (1: in receive order)."""
         self.handlers: dict[str, EventHandler] = {}
         # Merged once here, so a route that requires auth without a key fails at start-up.
@@ -135,6 +145,18 @@ class EventRoute:
             self.handlers[event] = handler
         return handler
 
+    @property
+    def effective_rate_limit(self) -> RateLimit | None:
+        """The rate limit applied to each connection of this route, if any."""
+        if self.rate_limit is False:
+            return None
+        if self.rate_limit is not None:
+            return self.rate_limit
+        settings = self.manager.settings
+        if not settings.rate_limit_per_second:
+            return None
+        return RateLimit(settings.rate_limit_per_second, settings.rate_limit_burst)
+
     def select_subprotocol(self, offered: Sequence[str]) -> str | None:
         """The subprotocol to accept: the first of the route's that the client offered, else
         ``token`` when the client sent its JWT that way, else None."""
@@ -146,7 +168,13 @@ class EventRoute:
     async def handshake_problems(self, websocket: WebSocket) -> str:
         """Why the handshake's headers, query, cookies or path cannot serve this route's
         handlers ('' when they can): checked before the first event, not at it."""
-        errors = await validate_handshake(self.handlers.values(), websocket)
+        try:  # the FastAPI dependency adapter (being written in parallel)
+            from .dependencies import validate_handshake
+        except ImportError:
+            return ""
+        events = {*self.handlers, *self.manager.handlers}
+        handlers = [h for e in events if (h := self.handler_for(e)) is not None]
+        errors = await validate_handshake(handlers, websocket)
         if not errors:
             return ""
         first = errors[0]
@@ -300,13 +328,15 @@ class WebSocketRouter(APIRouter):
         description: str | None = None,
         subprotocols: Sequence[str] = (),
         concurrency: int = 1,
+        rate_limit: RateLimit | Literal[False] | None = None,
     ) -> EventRoute:
         """Register an event route at ``path``.
 
         Args:
             path: the URL path, e.g. ``"/ws/chat"``.
             handlers: event name to handler; ``connect`` and ``disconnect`` are lifecycle events.
-            auth: ``{"required": True}`` or an :class:`AuthOptions`, overriding the settings.
+            auth: ``{"required": True}`` or an [`AuthOptions`][fastapi_orcs_ws.AuthOptions],
+                overriding the settings.
             emits: event name to payload type for what the server sends (documentation).
             name: the route name (for ``url_path_for``).
             dependencies: FastAPI dependencies run on the handshake.
@@ -315,6 +345,10 @@ class WebSocketRouter(APIRouter):
                 4.2.2). A client offering only others is refused. Default: none.
             concurrency: how many events of one connection are handled at once. Default 1:
                 one at a time, in receive order (acks in order too).
+            rate_limit: events per second per connection, as a
+                [`RateLimit`][fastapi_orcs_ws.RateLimit]; ``None`` (default) takes
+                ``WS_RATE_LIMIT_PER_SECOND``/``WS_RATE_LIMIT_BURST``, ``False`` turns it off for
+                this route.
 
         Raises:
             ConfigurationError: a bad ``subprotocols`` or ``concurrency``, a handler that
@@ -329,6 +363,7 @@ class WebSocketRouter(APIRouter):
             description=description,
             subprotocols=subprotocols,
             concurrency=concurrency,
+            rate_limit=rate_limit,
         )
         for event, handler in (handlers or {}).items():
             route.add(event, handler)
@@ -340,25 +375,10 @@ class WebSocketRouter(APIRouter):
         setattr(endpoint, "__orcs_route__", route)  # noqa: B010 - found by event_routes_of
         endpoint.__name__ = name or f"ws_{path.strip('/').replace('/', '_') or 'root'}"
         self.add_api_websocket_route(path, endpoint, name=name, dependencies=dependencies)
-        _capture_asgi_channels(self.routes[-1])
         self.event_routes.append(route)
         return route
 
 
-def _capture_asgi_channels(api_route: Any) -> None:
-    """Let the session write frames with the route's ASGI ``send`` itself.
-
-    Starlette's ``WebSocket.send`` re-checks its state on every frame; the session keeps its
-    own state, so it sends through the plain ASGI callables, found in the scope.
-    """
-    inner = api_route.app
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        scope[SCOPE_ASGI_SEND] = send
-        scope[SCOPE_ASGI_RECEIVE] = receive
-        await inner(scope, receive, send)
-
-    api_route.app = app
 
 
 def _walk(routes: Sequence[Any], prefix: str = "") -> Iterator[tuple[str, Any, Any]]:

@@ -12,7 +12,7 @@
     clean-up    `disconnect` once, with the close code either side sent (1006 only when no
                 close frame was seen), membership removed, the writer stopped (bounded)
 
-The outbound writer is the connection's :class:`~fastapi_orcs_ws._outbox.Outbox`, which
+The outbound writer is the connection's `_outbox.Outbox`, which
 starts and ends its own task on demand; the session stops it at clean-up.
 """
 
@@ -23,27 +23,30 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from fastapi.exceptions import RequestValidationError, WebSocketRequestValidationError
 from starlette.exceptions import HTTPException, WebSocketException
+from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
 from ._context import (
-    SCOPE_ASGI_RECEIVE,
-    SCOPE_ASGI_SEND,
     SCOPE_AUTHENTICATOR,
     SCOPE_CONNECTION,
     SCOPE_MANAGER,
     SCOPE_ROUTE,
 )
-from ._outbox import SendPolicy
+from ._drain import refuse_draining
+from ._observer import utf8_size
+from ._outbox import Resume, SendPolicy
 from .connection import Connection, ConnectionData
 from .errors import AuthenticationError, EventError
 from .handlers import EventHandler, InvalidPayload
+from .limits import TokenBucket
 from .protocol import (
     RESERVED_EVENTS,
     CloseCode,
@@ -56,6 +59,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
+    from .auth import AuthResult
     from .routing import EventRoute
 
 __all__ = ["MAX_DETAIL_CHARS", "MAX_REPORTED_ERRORS", "run_session", "run_vanished"]
@@ -68,6 +72,7 @@ MAX_DETAIL_CHARS = 2000
 """An ``http_error`` reply's detail is cut to this many characters of JSON."""
 
 _END = object()
+_T = TypeVar("_T")
 
 
 async def run_session(route: EventRoute, websocket: WebSocket) -> None:
@@ -78,9 +83,17 @@ async def run_session(route: EventRoute, websocket: WebSocket) -> None:
     scope[SCOPE_ROUTE] = route
     manager = route.manager
     scope[SCOPE_MANAGER] = manager
+    obs = manager.observer
+    if manager.draining:
+        if obs is not None:
+            obs.refused(route.path, "draining")
+        await refuse_draining(websocket)
+        return
     if not authenticator.origin_allowed(websocket):
         # Refused before accept: the browser sees an HTTP 403.
         logger.info("refused WebSocket handshake from a disallowed origin")
+        if obs is not None:
+            obs.refused(route.path, "origin")
         await websocket.close(CloseCode.POLICY_VIOLATION)
         return
     offered = [p for p in scope.get("subprotocols") or [] if isinstance(p, str)]
@@ -88,6 +101,8 @@ async def run_session(route: EventRoute, websocket: WebSocket) -> None:
         auth = await authenticator.authenticate(websocket)
     except AuthenticationError as exc:
         logger.info("refused WebSocket connection: %s", exc)
+        if obs is not None:
+            obs.refused(route.path, "auth")
         # Accept first so the client gets 4401, not an HTTP 403 it cannot read.
         await websocket.accept(subprotocol=route.select_subprotocol(offered))
         await websocket.close(CloseCode.UNAUTHORIZED, "Unauthorized")
@@ -101,6 +116,8 @@ async def run_session(route: EventRoute, websocket: WebSocket) -> None:
             _app_protocols(offered)[:8],
             list(route.subprotocols),
         )
+        if obs is not None:
+            obs.refused(route.path, "subprotocol")
         await websocket.close(CloseCode.POLICY_VIOLATION)
         return
     if not route.subprotocols and _app_protocols(offered):
@@ -110,14 +127,53 @@ async def run_session(route: EventRoute, websocket: WebSocket) -> None:
             route.path,
             _app_protocols(offered)[:8],
         )
+        if obs is not None:
+            obs.refused(route.path, "subprotocol")
         await websocket.close(CloseCode.POLICY_VIOLATION)
         return
     problems = await route.handshake_problems(websocket)
-    await websocket.accept(subprotocol=subprotocol)
-    if problems:
-        logger.info("refused WebSocket connection on %s: %s", route.path, problems)
-        await websocket.close(CloseCode.POLICY_VIOLATION, truncate_reason(problems))
+    ip = websocket.client.host if websocket.client is not None else None
+    user_key = _user_key(auth.user, auth.claims) if auth.authenticated else None
+    full = manager._admission.admit(ip, user_key)
+    if full is not None:
+        manager._count_refusal(full, route.path)
+        await _deny(websocket, full)
         return
+    try:
+        await websocket.accept(subprotocol=subprotocol)
+        if problems:
+            logger.info("refused WebSocket connection on %s: %s", route.path, problems)
+            if obs is not None:
+                obs.refused(route.path, "handshake")
+            await websocket.close(CloseCode.POLICY_VIOLATION, truncate_reason(problems))
+            return
+        await _serve(route, websocket, auth)
+    finally:
+        manager._admission.release(ip, user_key)
+
+
+async def _deny(websocket: WebSocket, cap: str) -> None:
+    """Refuse before accept with HTTP 429 (or, without the ASGI denial extension, 1013)."""
+    if "websocket.http.response" in (websocket.scope.get("extensions") or {}):
+        body = f"too many connections ({cap}); try again later"
+        await websocket.send_denial_response(
+            PlainTextResponse(body, status_code=429, headers={"Retry-After": "5"})
+        )
+    else:
+        await websocket.accept()
+        await websocket.close(CloseCode.TRY_AGAIN_LATER, f"too many connections ({cap})")
+
+
+def _user_key(user: Any, claims: Any) -> str | None:
+    user_id = getattr(user, "id", None)
+    if user_id is None and isinstance(claims, dict):
+        user_id = claims.get("sub")
+    return None if user_id is None else str(user_id)
+
+
+async def _serve(route: EventRoute, websocket: WebSocket, auth: AuthResult) -> None:
+    scope = websocket.scope
+    manager = route.manager
     settings = manager.settings
     data = ConnectionData(
         client_id=uuid.uuid4().hex,
@@ -127,11 +183,10 @@ async def run_session(route: EventRoute, websocket: WebSocket) -> None:
         user=auth.user,
         claims=auth.claims,
     )
-    send = scope.get(SCOPE_ASGI_SEND) or websocket.send
     conn = Connection(
         websocket,
         data,
-        send=send,
+        send=websocket.send,
         policy=SendPolicy(
             max_frames=settings.send_queue_size,
             max_bytes=settings.send_queue_bytes,
@@ -142,8 +197,10 @@ async def run_session(route: EventRoute, websocket: WebSocket) -> None:
         on_slow=manager._count_slow_consumer,
     )
     scope[SCOPE_CONNECTION] = conn
-    session = _Session(route, conn, scope.get(SCOPE_ASGI_RECEIVE) or websocket.receive)
+    session = _Session(route, conn, websocket.receive)
     await manager._register(conn, route.path)
+    if manager.observer is not None:
+        manager.observer.opened(conn, route)
     try:
         await session.run(auth.expires_at)
     finally:
@@ -167,7 +224,36 @@ def _app_protocols(offered: list[str]) -> list[str]:
 
 
 class _Session:
-    __slots__ = ("_reader_scope", "conn", "inbound", "limit", "receive", "route")
+    """One connection's reading and dispatching.
+
+    Exactly one task at a time is the *reader*: it calls ``receive()`` and, while no handler
+    is unfinished, runs each event's handler itself. A handler that finishes without
+    suspending (most do: an echo, a broadcast to clients that keep up) costs no task switch.
+    When a handler suspends, that task keeps it (a handler starts and ends in one task, so
+    its cancel scopes and context variables hold), hands reading to a new task at once (so
+    pings, pongs and close frames are read while the handler runs), finishes the handler, and
+    then handles, in order, what the new reader queued meanwhile.
+    """
+
+    __slots__ = (
+        "_expiry",
+        "_receiver",
+        "_room",
+        "_stop",
+        "bucket",
+        "conn",
+        "finishing",
+        "ignored",
+        "inbound",
+        "inbound_bytes",
+        "inbound_max_bytes",
+        "inbound_max_items",
+        "limit",
+        "receive",
+        "refused",
+        "route",
+        "tg",
+    )
 
     def __init__(self, route: EventRoute, conn: Connection, receive: Callable[[], Any]) -> None:
         self.route = route
@@ -175,92 +261,192 @@ class _Session:
         self.receive = receive
         settings = route.manager.settings
         self.limit = settings.max_payload_length
-        self.inbound: asyncio.Queue[Any] = asyncio.Queue(settings.inbound_queue_size)
-        self._reader_scope: anyio.CancelScope | None = None
+        self.inbound: deque[Any] = deque()
+        """Events received while a handler is unfinished, handled after it, in order."""
+        self.inbound_bytes = 0
+        self.inbound_max_items = settings.inbound_queue_size
+        self.inbound_max_bytes = settings.inbound_queue_bytes
+        self.finishing = False
+        """A task is finishing a handler (or `connect`): the reader queues, never runs."""
+        self.refused = False
+        self.ignored = 0
+        self.tg: Any = None
+        self._room = asyncio.Event()
+        self._receiver: asyncio.Task[Any] | None = None
+        self._stop = False
+        self._expiry: anyio.CancelScope | None = None
+        limit = route.effective_rate_limit
+        self.bucket = TokenBucket(limit) if limit is not None else None
         conn.on_stalled(self._stop_reading)
 
     async def run(self, expires_at: datetime | None) -> None:
+        route, conn = self.route, self.conn
+        self.finishing = True  # `connect` first: what arrives meanwhile waits for it
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._read)
+            self.tg = tg
             if expires_at is not None:
                 tg.start_soon(self._expire, expires_at)
-            await self._dispatch_all()
-            tg.cancel_scope.cancel()  # the expiry timer; the reader has ended already
+            tg.start_soon(self._read)
+            connect = route.handler_for("connect")
+            if connect is not None:
+                # A refused `connect` is an authorization gate: nothing sent is handled.
+                ok = await self._observed("connect", self._connect(connect))
+                self.refused = not ok or conn.closed_by_server
+            await self._finish_queued()
 
     def _stop_reading(self) -> None:
-        if self._reader_scope is not None:
-            self._reader_scope.cancel()
+        """The client is dropped (slow consumer): stop waiting for its frames."""
+        self._stop = True
+        receiver = self._receiver
+        if receiver is not None:
+            receiver.cancel()
+
+    def _ended(self) -> None:
+        """No more events will be handled: let the task group end."""
+        if self._expiry is not None:
+            self._expiry.cancel()
 
     # -- the reader ----------------------------------------------------------------------------
 
     async def _read(self) -> None:
-        conn, receive, inbound, limit = self.conn, self.receive, self.inbound, self.limit
-        try:
-            with anyio.CancelScope() as scope:
-                self._reader_scope = scope
-                while True:
-                    message = await receive()
-                    kind = message["type"]
-                    if kind == "websocket.receive":
-                        text = message.get("text")
-                        if text is None:
-                            size = len(message.get("bytes") or b"")
-                            if size > limit:
-                                await conn.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-                            else:
-                                await inbound.put(_BINARY)
-                            continue
-                        # Characters never outnumber bytes, so only long frames pay for this.
-                        if len(text) > limit // 4 and len(text.encode()) > limit:
-                            await conn.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-                            continue
-                        await inbound.put(text)
-                    elif kind == "websocket.disconnect":
-                        code = message.get("code", CloseCode.NORMAL)
-                        if code == 1005 and "reason" not in message:
-                            # uvicorn's report of a transport lost with no close frame.
-                            code = CloseCode.ABNORMAL
-                        conn.ended(code, message.get("reason") or "")
-                        return
-        finally:
-            if conn.close_code is None:
-                conn.ended(CloseCode.ABNORMAL, "")
-            # Never blocks for long: the dispatcher drains the queue until it sees the end.
-            with anyio.CancelScope(shield=True):
-                await inbound.put(_END)
+        """Read until the connection ends; run handlers inline while nothing is unfinished."""
+        conn, receive, limit = self.conn, self.receive, self.limit
+        obs, path = self.route.manager.observer, self.route.path
+        concurrency = self.route.concurrency
+        limiter = anyio.Semaphore(concurrency) if concurrency > 1 else None
+        task = asyncio.current_task()
+        while True:
+            if self._stop:
+                return self._end_of_input()
+            self._receiver = task
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                if not self._stop or task is None or not task.cancelling():
+                    raise
+                task.uncancel()  # our own stop (slow consumer), not a cancellation from above
+                return self._end_of_input()
+            finally:
+                self._receiver = None
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                code = message.get("code", CloseCode.NORMAL)
+                if code == 1005 and "reason" not in message:
+                    # uvicorn's report of a transport lost with no close frame.
+                    code = CloseCode.ABNORMAL
+                conn.ended(code, message.get("reason") or "")
+                return self._end_of_input()
+            if kind != "websocket.receive":
+                continue
+            text = message.get("text")
+            if text is None:
+                if len(message.get("bytes") or b"") > limit:
+                    await conn.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                    continue
+                item: Any = _BINARY
+            else:
+                item = text
+                if obs is not None:
+                    obs.frame_received(path, utf8_size(text))
+                # Characters never outnumber bytes, so only long frames pay for this.
+                if len(text) > limit // 4 and _utf8_length(text) > limit:
+                    await conn.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                    continue
+            if conn.closed_by_server or self.refused:
+                # Kicked, expired, over its rate, refused: what comes after is not handled.
+                self.ignored += 1
+                continue
+            if self.bucket is not None and not self.bucket.take():
+                self._over_rate()
+                continue
+            if self.finishing and await self._queue(item):
+                continue
+            if limiter is not None:
+                await limiter.acquire()
+                self.tg.start_soon(self._dispatch_released, item, limiter)
+                continue
+            coro = self._dispatch(item)
+            try:
+                step = coro.send(None)
+            except StopIteration:
+                continue
+            # The handler suspended: it stays in this task; reading moves to a new one.
+            self.finishing = True
+            self.tg.start_soon(self._read)
+            await Resume(coro, step, None)
+            await self._finish_queued()
+            return None
+
+    def _end_of_input(self) -> None:
+        if self.conn.close_code is None:
+            self.conn.ended(CloseCode.ABNORMAL, "")
+        if self.finishing:
+            self.inbound.append(_END)  # the finishing task ends the session after the queue
+        else:
+            self._ended()
+
+    async def _queue(self, item: Any) -> bool:
+        """Queue for the finishing task; while the queue is full, stop reading (backpressure).
+
+        False if the finishing task is gone meanwhile: the reader handles ``item`` itself.
+        """
+        size = len(item) if type(item) is str else 0
+        while self.inbound and (
+            len(self.inbound) >= self.inbound_max_items
+            or self.inbound_bytes + size > self.inbound_max_bytes
+        ):
+            self._room.clear()
+            await self._room.wait()
+        if not self.finishing:
+            return False
+        self.inbound_bytes += size
+        self.inbound.append(item)
+        return True
+
+    async def _finish_queued(self) -> None:
+        """Handle, in order, what was queued while this task finished a handler."""
+        inbound = self.inbound
+        while inbound:
+            item = inbound.popleft()
+            if type(item) is str:
+                self.inbound_bytes -= len(item)
+            self._room.set()
+            if item is _END:
+                self._ended()
+                return
+            if self.refused:
+                self.ignored += 1
+                continue
+            await self._dispatch(item)
+        # Nothing queued and no await since: the reader runs handlers itself again.
+        self.finishing = False
+
+    def _over_rate(self) -> None:
+        bucket, conn, route = self.bucket, self.conn, self.route
+        assert bucket is not None
+        route.manager._count_rate_limited(conn, bucket.overdraft)
+        if bucket.overdraft == 1:
+            warning = encode_error(
+                "rate limit exceeded: slow down",
+                ErrorCode.RATE_LIMITED,
+                retry_after=round(bucket.retry_after, 3),
+            )
+            if self.finishing:
+                # After the replies to the events queued before it.
+                self.inbound.append(_Reply(warning))
+            else:
+                conn.send_frame(warning)
+        elif bucket.overdraft > bucket.burst:
+            conn.close_nowait(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
 
     async def _expire(self, expires_at: datetime) -> None:
-        await anyio.sleep(max(0.0, expires_at.timestamp() - time.time()))
-        logger.info("token of client %s expired; closing", self.conn.client_id)
-        await self.conn.close(CloseCode.UNAUTHORIZED, "Unauthorized")
+        with anyio.CancelScope() as scope:
+            self._expiry = scope
+            await anyio.sleep(max(0.0, expires_at.timestamp() - time.time()))
+            logger.info("token of client %s expired; closing", self.conn.client_id)
+            await self.conn.close(CloseCode.UNAUTHORIZED, "Unauthorized")
 
     # -- the dispatcher ------------------------------------------------------------------------
-
-    async def _dispatch_all(self) -> None:
-        route, conn, inbound = self.route, self.conn, self.inbound
-        connect = route.handler_for("connect")
-        if connect is not None:
-            await self._connect(connect)
-        dropped = 0
-        concurrency = route.concurrency
-        async with anyio.create_task_group() as handlers:
-            limiter = anyio.Semaphore(concurrency)
-            while (item := await inbound.get()) is not _END:
-                if conn.closed_by_server:
-                    # Refused, expired or kicked: what it sent after that is not handled.
-                    dropped += 1
-                elif concurrency == 1:
-                    await self._dispatch(item)
-                else:
-                    await limiter.acquire()
-                    handlers.start_soon(self._dispatch_released, item, limiter)
-        if dropped:
-            logger.info(
-                "%d events of client %s not handled: the server had closed it (%s)",
-                dropped,
-                conn.client_id,
-                conn.close_code,
-            )
 
     async def _dispatch_released(self, item: Any, limiter: anyio.Semaphore) -> None:
         try:
@@ -268,7 +454,8 @@ class _Session:
         finally:
             limiter.release()
 
-    async def _connect(self, handler: EventHandler) -> None:
+    async def _connect(self, handler: EventHandler) -> bool:
+        """Run `connect`; False if it refused or failed (the connection is being closed)."""
         conn = self.conn
         try:
             await handler(conn, None)
@@ -288,10 +475,17 @@ class _Session:
                 "connect handler raised (client %s); closing with 1011", conn.client_id
             )
             await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
+        else:
+            return True
+        return False
 
     async def _dispatch(self, text: Any) -> None:
         conn = self.conn
+        if type(text) is _Reply:
+            await conn.send_frame_async(text.frame)
+            return
         if text is _BINARY:
+            self._protocol_error(ErrorCode.UNSUPPORTED_FRAME)
             await conn.send_frame_async(
                 encode_error(
                     "binary frames are not supported; send JSON text frames",
@@ -302,11 +496,13 @@ class _Session:
         try:
             envelope = decode_envelope(text)
         except ProtocolError as exc:
+            self._protocol_error(exc.code)
             await conn.send_frame_async(encode_error(exc.message, exc.code))
             return
         event = envelope.event
         msg_id = envelope.id
         if event in RESERVED_EVENTS:
+            self._protocol_error(ErrorCode.RESERVED_EVENT)
             await conn.send_frame_async(
                 encode_error(
                     f"{event!r} is a reserved event and cannot be sent by clients",
@@ -318,6 +514,7 @@ class _Session:
             return
         handler = self.route.handler_for(event)
         if handler is None:
+            self._protocol_error(ErrorCode.UNKNOWN_EVENT)
             await conn.send_frame_async(
                 encode_error(
                     f"unknown event {_short(event)!r}",
@@ -327,20 +524,39 @@ class _Session:
                 )
             )
             return
-        reply = await _call(conn, handler, envelope.payload, msg_id)
+        reply = await self._observed(event, _call(conn, handler, envelope.payload, msg_id))
         if reply is not None:
             await conn.send_frame_async(reply)
+
+    def _observed(self, event: str, call: Awaitable[_T]) -> Awaitable[_T]:
+        """``call``, timed and traced when the manager is observed (metrics, tracing)."""
+        obs = self.route.manager.observer
+        return call if obs is None else obs.handle(self.route, self.conn, event, call)
+
+    def _protocol_error(self, code: str) -> None:
+        obs = self.route.manager.observer
+        if obs is not None:
+            obs.protocol_error(self.route.path, code)
 
     async def finish(self) -> None:
         """Clean-up: the disconnect handler once, membership, the writer."""
         route, conn = self.route, self.conn
+        if self.ignored:
+            logger.info(
+                "%d events of client %s arrived after the server closed it (%s); not handled",
+                self.ignored,
+                conn.client_id,
+                conn.close_code,
+            )
         try:
             handler = route.handler_for("disconnect")
             if handler is not None:
                 ended = {"code": conn.close_code, "reason": conn.close_reason}
-                await _call(conn, handler, ended, None)
+                _unheard(await _call(conn, handler, ended, None), conn)
         finally:
             await route.manager._unregister(conn)
+            if route.manager.observer is not None:
+                route.manager.observer.closed(conn, route)
             await conn.aclose()
 
 
@@ -392,10 +608,32 @@ async def run_vanished(route: EventRoute, client_id: str) -> None:
         return
     data = ConnectionData(client_id, connected_at=datetime.now(UTC), manager=route.manager)
     conn = Connection.detached(data, path=route.path)
-    await _call(conn, handler, {"code": CloseCode.ABNORMAL, "reason": "node lost"}, None)
+    ended = {"code": CloseCode.ABNORMAL, "reason": "node lost"}
+    _unheard(await _call(conn, handler, ended, None), conn)
+
+
+def _unheard(reply: str | None, conn: Connection) -> None:
+    """A disconnect handler's error has nobody to go to: it must reach the log."""
+    if reply is not None:
+        logger.warning(
+            "disconnect handler of client %s failed and nobody can be told: %s",
+            conn.client_id,
+            reply[:500],
+        )
 
 
 _BINARY = object()
+
+
+class _Reply:
+    """A reply the reader decided on, sent by the dispatcher in its turn."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: str) -> None:
+        self.frame = frame
+
+
 _ERR_OPTS: dict[str, Any] = {"include_url": False, "include_input": False, "include_context": False}
 
 
@@ -429,6 +667,14 @@ def _validation_error(errors: list[Any], event: str, msg_id: Any) -> str:
 
 def _detail_text(detail: Any) -> str:
     return (detail if isinstance(detail, str) else repr(detail))[:MAX_DETAIL_CHARS]
+
+
+def _utf8_length(text: str) -> int:
+    """The UTF-8 size of ``text`` without a copy of the whole of it."""
+    if text.isascii():
+        return len(text)
+    step = 1 << 16
+    return sum(len(text[i : i + step].encode()) for i in range(0, len(text), step))
 
 
 def _short(text: str, limit: int = 200) -> str:

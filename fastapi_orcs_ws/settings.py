@@ -63,8 +63,33 @@ class WebSocketSettings(BaseSettings):
     inbound_queue_size: int = Field(64, ge=1)
     """Events of one client received but not yet handled; when full the server stops reading
     that client (TCP backpressure) until a handler finishes."""
+    inbound_queue_bytes: int = Field(16 * MiB, ge=1)
+    """Bytes of those events; past it the server stops reading that client, as when
+    ``inbound_queue_size`` is full (one frame is always taken)."""
+    max_connections: int = Field(10_000, ge=0)
+    """Connections this process accepts in all; more are refused (HTTP 429). 0: no cap."""
+    max_connections_per_ip: int = Field(256, ge=0)
+    """Connections from one client address (as the ASGI server reports it: behind a proxy,
+    run uvicorn with ``--proxy-headers``); more are refused (HTTP 429). 0: no cap."""
+    max_connections_per_user: int = Field(32, ge=0)
+    """Connections of one authenticated user (``sub``) to this process; more are refused
+    (HTTP 429). 0: no cap."""
+    rate_limit_per_second: float = Field(100.0, ge=0)
+    """Events per second one connection may send (a token bucket; per-route ``rate_limit=``
+    overrides it). Over it: one ``rate_limited`` error event, then close 1008. 0: no limit."""
+    rate_limit_burst: int = Field(200, ge=1)
+    """Events one connection may send at once before the rate applies."""
+    max_rooms_per_client: int = Field(100, ge=0)
+    """Rooms one client may be in; ``join_room`` into one more raises ``RoomLimitError``
+    (a ``room_limit`` error event when a handler lets it propagate). 0: no cap."""
+    max_room_name_length: int = Field(256, ge=1)
+    """Longest room name ``join_room`` accepts, in characters; longer: ``RoomLimitError``."""
     close_timeout: float = Field(5.0, gt=0)
     """Seconds to wait for a close frame to be written before giving up on the peer."""
+    drain_seconds: float = Field(0.0, ge=0, le=3600)
+    """Seconds over which a shutting-down process closes its clients (1012, spread with
+    jitter) instead of all at once; new WebSockets are refused meanwhile (HTTP 503). Used on
+    SIGTERM, by ``manager.stop()`` and by ``manager.drain()``. 0: close at once."""
     compression: bool = False
     """Offer permessage-deflate (used by `uvicorn_settings`). Off: it costs CPU per frame."""
     debug: bool = False

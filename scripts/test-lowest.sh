@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run the test suite against the LOWEST versions pyproject.toml allows.
 #
-# A second environment, .venv-lowest, gets every runtime dependency (and those of the redis,
-# testing and client extras) pinned to its declared lower bound by a constraints file that
-# scripts/lowest_constraints.py generates from pyproject.toml; the test tools are the newest.
+# A second environment, .venv-lowest, gets every runtime dependency, and those of the extras
+# users install (redis, testing, client, metrics, otel), pinned to its lower bound by a
+# constraints file that scripts/lowest_constraints.py generates from pyproject.toml; the test
+# tools are the newest that fit.
 # It then checks the installed versions are exactly the bounds, and runs pytest.
 #
 # Left out here, and run by scripts/test.sh with the newest versions:

@@ -602,7 +602,6 @@ async def test_resync_after_an_empty_restart_goes_in_bounded_chunks(
     # Rooms Redis has that this node left (while Redis was away) go too, in chunks.
     for i in range(120):
         await original("join", "small", f"x{i}", "a", "0", "")
-    assert len(await a.backend.client_rooms("small")) == 122
     calls.clear()
     await a.backend._sync()
     assert await a.backend.client_rooms("small") == {"r1", "r2"}

@@ -149,7 +149,6 @@ async def test_node_restarting_at_once_runs_its_clients_handlers_once(
 ) -> None:
     node_id = "web-b" if same_id else None
     a, b = cluster.node("a"), cluster.node("b", node_id=node_id)
-    cluster.worker("w1")
     await cluster.ready()
     async with peers_on([a, b], "/ws/chat", "clientId") as (pa, pb):
         await pb.request("join", {"room": "games"}, 1)

@@ -606,7 +606,7 @@ async def test_the_inbound_queue_holds_a_flood_without_losing_events() -> None:
     # A client sends far more than the inbound queue holds while a handler is slow: the
     # reader waits (TCP backpressure), nothing is dropped, order is kept.
     router = WebSocketRouter(settings=WebSocketSettings(inbound_queue_size=4))
-    route = router.ws("/ws")
+    route = router.ws("/ws", rate_limit=False)
     got: list[int] = []
     first = threading.Event()
 

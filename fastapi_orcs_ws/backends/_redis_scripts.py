@@ -17,6 +17,16 @@ __all__ = ["LIB", "SCRIPTS"]
 
 LIB = """
 local P = ARGV[1]
+-- The authenticated user of a client, from its info JSON ({"user_id": ...}), or nil.
+local function user_of(info)
+  if info and info ~= '' then
+    local ok, decoded = pcall(cjson.decode, info)
+    if ok and type(decoded) == 'table' and type(decoded.user_id) == 'string' then
+      return decoded.user_id
+    end
+  end
+  return nil
+end
 local function leave(cid, room, owner)
   if redis.call('SREM', P..'members:'..room, cid) == 0 then return 0 end
   redis.call('SREM', P..'client-rooms:'..cid, room)
@@ -49,7 +59,11 @@ end
 local function add(cid, node, info)
   redis.call('HSET', P..'owner', cid, node)
   redis.call('SADD', P..'node-clients:'..node, cid)
-  if info and info ~= '' then redis.call('HSET', P..'client-info', cid, info) end
+  if info and info ~= '' then
+    redis.call('HSET', P..'client-info', cid, info)
+    local uid = user_of(info)
+    if uid then redis.call('SADD', P..'user-clients:'..uid, cid) end
+  end
   -- held by a live node again (it was cut off, not dead): nobody else cleans it up
   unclaim(cid)
 end
@@ -66,6 +80,8 @@ local function remove_some(cid, budget)
     redis.call('SREM', P..'node-clients:'..owner, cid)
   end
   redis.call('DEL', P..'client-rooms:'..cid)
+  local uid = user_of(redis.call('HGET', P..'client-info', cid))
+  if uid then redis.call('SREM', P..'user-clients:'..uid, cid) end
   redis.call('HDEL', P..'client-info', cid)
   redis.call('SREM', P..'closing', cid)
   unclaim(cid)
@@ -127,6 +143,62 @@ local function is_excluded(set, list)
   end
   return n
 end
+-- Publish a room's message to the nodes holding its members (this one too with
+-- include_self: a frame with a position reaches every node in Redis's order).
+-- -> members addressed, recipients on nodes that were not listening
+local function route_room(room, self, msg, excluded, peers_json, include_self)
+  local key = P..'members:'..room
+  local addressed = redis.call('SCARD', key) - is_excluded(key, excluded)
+  local counts = {}
+  local flat = redis.call('HGETALL', P..'room-nodes:'..room)
+  for i = 1, #flat, 2 do counts[flat[i]] = tonumber(flat[i + 1]) end
+  local lost = 0
+  if redis.call('EXISTS', P..'resyncing') == 1 then
+    -- Redis lost its data moments ago and is being refilled: room routing is incomplete,
+    -- so every node gets the frame and keeps it for its own members
+    redis.call('PUBLISH', P..'all', msg)
+    local peers = cjson.decode(peers_json)
+    for _, node in ipairs(redis.call('SMEMBERS', P..'nodes')) do
+      peers[node] = math.max(peers[node] or 0, redis.call('SCARD', P..'node-clients:'..node))
+    end
+    for node, held in pairs(peers) do
+      if node ~= self and held > 0 and not listening(node) then
+        lost = lost + (counts[node] or 1)
+      end
+    end
+    return addressed, lost
+  end
+  for node, n in pairs(counts) do
+    if (node ~= self or include_self) and redis.call('SISMEMBER', P..'nodes', node) == 1 then
+      if redis.call('PUBLISH', P..'node:'..node, msg) == 0 then lost = lost + n end
+    end
+  end
+  return addressed, lost
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- A room's history: a stream of {o: offset, f: frame} and a hash {e: epoch, o: last offset}.
+-- A room with no hash starts a new epoch (never seen, expired, or Redis lost its data).
+local function history_epoch(room, candidate, meta_ttl)
+  local meta = P..'hist-meta:'..room
+  local epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    epoch = candidate
+    redis.call('HSET', meta, 'e', epoch, 'o', 0)
+    redis.call('PEXPIRE', meta, meta_ttl)
+    redis.call('DEL', P..'hist:'..room)
+  end
+  return epoch, tonumber(redis.call('HGET', meta, 'o'))
+end
+local function flatten(entries, out)
+  for _, e in ipairs(entries) do
+    table.insert(out, e[2][2])
+    table.insert(out, e[2][4])
+  end
+  return out
+end
 """
 
 SCRIPTS = {
@@ -138,12 +210,18 @@ SCRIPTS = {
     "closing": """
 if redis.call('HGET', P..'owner', ARGV[2]) ~= ARGV[3] then return 0 end
 return redis.call('SADD', P..'closing', ARGV[2])""",
-    # ARGV: P, cid, room, self, register (0/1), command for the owner
-    # -> false (no such client) or {owner, receivers of the command (-1: self)}
+    # ARGV: P, cid, room, self, register (0/1), command for the owner, most rooms (0: any)
+    # -> false (no such client), 'full' (in that many rooms, not this one: nothing done)
+    #    or {owner, receivers of the command (-1: self)}
     "join": """
 if ARGV[5] == '1' then add(ARGV[2], ARGV[4]) end
 local owner = redis.call('HGET', P..'owner', ARGV[2])
 if not owner then return false end
+local cap = tonumber(ARGV[7] or '0')
+if cap > 0 and redis.call('SISMEMBER', P..'client-rooms:'..ARGV[2], ARGV[3]) == 0
+    and redis.call('SCARD', P..'client-rooms:'..ARGV[2]) >= cap then
+  return 'full'
+end
 join(ARGV[2], ARGV[3], owner)
 if owner == ARGV[4] then return {owner, -1} end
 return {owner, redis.call('PUBLISH', P..'node:'..owner, ARGV[6])}""",
@@ -162,35 +240,70 @@ return n""",
     # ARGV: P, room, self, message, JSON [excluded], JSON {node: clients} (peers known before)
     # -> {members addressed, recipients on nodes that were not listening}
     "publish_room": """
-local room, self, msg = ARGV[2], ARGV[3], ARGV[4]
-local key = P..'members:'..room
-local addressed = redis.call('SCARD', key) - is_excluded(key, cjson.decode(ARGV[5]))
-local counts = {}
-local flat = redis.call('HGETALL', P..'room-nodes:'..room)
-for i = 1, #flat, 2 do counts[flat[i]] = tonumber(flat[i + 1]) end
-local lost = 0
-if redis.call('EXISTS', P..'resyncing') == 1 then
-  -- Redis lost its data moments ago and is being refilled: room routing is incomplete,
-  -- so every node gets the frame and keeps it for its own members
-  redis.call('PUBLISH', P..'all', msg)
-  local seen = {}
-  local peers = cjson.decode(ARGV[6])
-  for _, node in ipairs(redis.call('SMEMBERS', P..'nodes')) do
-    peers[node] = math.max(peers[node] or 0, redis.call('SCARD', P..'node-clients:'..node))
-  end
-  for node, held in pairs(peers) do
-    if node ~= self and held > 0 and not listening(node) then
-      lost = lost + (counts[node] or 1)
-    end
-  end
-  return {addressed, lost}
-end
-for node, n in pairs(counts) do
-  if node ~= self and redis.call('SISMEMBER', P..'nodes', node) == 1 then
-    if redis.call('PUBLISH', P..'node:'..node, msg) == 0 then lost = lost + n end
-  end
-end
+local addressed, lost = route_room(ARGV[2], ARGV[3], ARGV[4], cjson.decode(ARGV[5]), ARGV[6],
+                                   false)
 return {addressed, lost}""",
+    # ARGV: P, room, self, message header, frame head, JSON [excluded], JSON {node: clients},
+    #       size (0: no bound), ttl ms (0: none), meta ttl ms, epoch if the room has none
+    # -> {members addressed, recipients lost, offset, epoch}
+    "publish_history": """
+local room = ARGV[2]
+local epoch = history_epoch(room, ARGV[11], ARGV[10])
+local meta, stream = P..'hist-meta:'..room, P..'hist:'..room
+local offset = redis.call('HINCRBY', meta, 'o', 1)
+local frame = ARGV[5]..offset..',"epoch":"'..epoch..'"}'
+local size = tonumber(ARGV[8])
+if size > 0 then
+  redis.call('XADD', stream, 'MAXLEN', size, '*', 'o', offset, 'f', frame)
+else
+  redis.call('XADD', stream, '*', 'o', offset, 'f', frame)
+end
+local ttl = tonumber(ARGV[9])
+if ttl > 0 then redis.call('XTRIM', stream, 'MINID', now_ms() - ttl) end
+redis.call('PEXPIRE', meta, ARGV[10])
+redis.call('PEXPIRE', stream, ARGV[10])
+local addressed, lost = route_room(room, ARGV[3], ARGV[4]..'\\n'..frame,
+                                   cjson.decode(ARGV[6]), ARGV[7], true)
+return {addressed, lost, offset, epoch}""",
+    # ARGV: P, room, since offset (-1: none), since epoch, epoch if the room has none,
+    #       ttl ms (0: none), limit (-1: none), meta ttl ms
+    # -> {epoch, last offset, 1 if complete, {offset, frame, ...} oldest first}
+    "read_history": """
+local room = ARGV[2]
+local epoch, top = history_epoch(room, ARGV[5], ARGV[8])
+local stream = P..'hist:'..room
+local ttl, since, limit = tonumber(ARGV[6]), tonumber(ARGV[3]), tonumber(ARGV[7])
+local oldest = '-'
+if ttl > 0 then oldest = tostring(now_ms() - ttl) end
+if limit == 0 then return {epoch, top, 1, {}} end
+if since < 0 then
+  if limit < 0 then
+    return {epoch, top, 1, flatten(redis.call('XRANGE', stream, oldest, '+'), {})}
+  end
+  local got = redis.call('XREVRANGE', stream, '+', oldest, 'COUNT', limit)
+  local ordered = {}
+  for i = #got, 1, -1 do table.insert(ordered, got[i]) end
+  return {epoch, top, 1, flatten(ordered, {})}
+end
+if ARGV[4] ~= epoch or since > top then return {epoch, top, 0, {}} end
+local missed = top - since
+if missed == 0 then return {epoch, top, 1, {}} end
+local got = redis.call('XREVRANGE', stream, '+', oldest, 'COUNT', missed)
+if #got < missed then return {epoch, top, 0, {}} end
+local ordered = {}
+for i = #got, 1, -1 do
+  if limit >= 0 and #ordered >= limit then break end
+  table.insert(ordered, got[i])
+end
+return {epoch, top, 1, flatten(ordered, {})}""",
+    # ARGV: P, room -> {client, info, ...} of the room's members
+    "presence": """
+local out = {}
+for _, cid in ipairs(redis.call('SMEMBERS', P..'members:'..ARGV[2])) do
+  table.insert(out, cid)
+  table.insert(out, redis.call('HGET', P..'client-info', cid) or '')
+end
+return out""",
     # ARGV: P, self, message, JSON [excluded], JSON {node: clients} (peers known before)
     # -> {clients addressed, recipients on nodes that were not listening}
     "publish_all": """

@@ -5,7 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..history import HistoryPage, Position, RoomHistory
 
 __all__ = ["Backend", "BackendStats", "Node"]
 
@@ -26,6 +29,14 @@ class Node(Protocol):
 
     async def close_local(self, client_id: str, code: int, reason: str) -> bool:
         """Close a local client; False if it is not here."""
+        ...
+
+    async def close_user_local(self, user_id: str, code: int, reason: str) -> int:
+        """Close every local connection of an authenticated user; return how many."""
+        ...
+
+    def deliver_user_local(self, user_id: str, frame: str) -> int:
+        """Queue ``frame`` for every local connection of an authenticated user; how many."""
         ...
 
     def served_routes(self) -> Collection[str]:
@@ -119,8 +130,14 @@ class Backend(ABC):
         """A client of this process left: drop it from every room."""
 
     @abstractmethod
-    async def join(self, client_id: str, room: str) -> bool:
-        """Add a client (of any process) to a room; False if no such client."""
+    async def join(self, client_id: str, room: str, max_rooms: int = 0) -> bool:
+        """Add a client (of any process) to a room; False if no such client.
+
+        Raises:
+            RoomLimitError: the client is in ``max_rooms`` rooms already and ``room`` is not
+                one of them (``0``: no cap). A shared backend checks and joins atomically,
+                so that two processes joining one client cannot both pass the cap.
+        """
 
     @abstractmethod
     async def leave(self, client_id: str, room: str) -> bool:
@@ -157,3 +174,56 @@ class Backend(ABC):
     @abstractmethod
     async def disconnect_client(self, client_id: str, code: int, reason: str) -> bool:
         """Close a client wherever it is connected; False if it is not connected."""
+
+    async def disconnect_user(self, user_id: str, code: int, reason: str) -> int:
+        """Close every connection of a user on every process; return how many this one closed.
+
+        The default closes this process's only (right for a single-process backend); a
+        shared backend also tells every other process to close its own, and raises
+        [`BackendError`][fastapi_orcs_ws.BackendError] when it cannot.
+        """
+        return await self.node.close_user_local(user_id, code, reason)
+
+    # -- history, presence and users (docs/rooms.md) ---------------------------------------
+
+    history_support: bool = False
+    """True when the backend implements
+    [`publish_history`][fastapi_orcs_ws.backends.Backend.publish_history] and
+    [`read_history`][fastapi_orcs_ws.backends.Backend.read_history]; rooms with history are
+    refused at configuration on a backend without it."""
+
+    async def publish_history(
+        self, room: str, head: str, exclude: Collection[str], keep: RoomHistory
+    ) -> int:
+        """Give the frame the room's next position, keep it, deliver it; return how many.
+
+        The frame is ``head + str(offset) + protocol.position_tail(epoch)``. Positioning,
+        keeping and publishing are one atomic step: every member of every process gets the
+        room's frames in offset order. If the history cannot be written (the broker is
+        away), local members get the frame without a position and the loss is counted.
+        """
+        raise NotImplementedError(f"the {self.name} backend keeps no room history")
+
+    async def read_history(
+        self, room: str, keep: RoomHistory, since: Position | None, limit: int | None
+    ) -> HistoryPage:
+        """The room's kept frames (see
+        [`WebSocketManager.history`][fastapi_orcs_ws.WebSocketManager.history])."""
+        raise NotImplementedError(f"the {self.name} backend keeps no room history")
+
+    async def presence(self, room: str) -> dict[str, dict[str, Any]]:
+        """Every client in ``room`` with the ``info`` it was added with."""
+        return {client_id: {} for client_id in await self.room_clients(room)}
+
+    async def client_info(self, client_id: str) -> dict[str, Any]:
+        """The ``info`` a client (of any process) was added with; ``{}`` if none."""
+        return {}
+
+    async def user_clients(self, user_id: str) -> set[str]:
+        """Every client of an authenticated user (``info["user_id"]``), on every process."""
+        raise NotImplementedError(f"the {self.name} backend keeps no user index")
+
+    async def publish_user(self, user_id: str, frame: str) -> int:
+        """Deliver ``frame`` to every connection of a user on every process; return how many
+        this process delivered. The default delivers this process's only."""
+        return self.node.deliver_user_local(user_id, frame)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from ..history import HistoryPage, MemoryHistory, Position, RoomHistory
 from .base import Backend, BackendStats, Node
-from .rooms import RoomIndex
+from .rooms import RoomIndex, too_many_rooms
 
 __all__ = ["MemoryBackend"]
 
@@ -15,24 +16,49 @@ class MemoryBackend(Backend):
     """Membership held in this process; delivery is a direct call. The default."""
 
     name = "memory"
+    history_support = True
 
     def __init__(self) -> None:
         self._node: Node | None = None
         self._index = RoomIndex()
+        self._history = MemoryHistory()
+        self._info: dict[str, dict[str, Any]] = {}
+        self._users: dict[str, set[str]] = {}
 
     async def start(self, node: Node) -> None:
         self._node = node
 
     async def stop(self) -> None:
         self._index.clear()
+        self._history.clear()  # a restarted process has lost its history: new epochs
+        self._info.clear()
+        self._users.clear()
 
     async def add_client(self, client_id: str, info: Mapping[str, Any] | None = None) -> None:
         self._index.add_client(client_id)
+        if info:
+            self._info[client_id] = dict(info)
+            user_id = info.get("user_id")
+            if isinstance(user_id, str):
+                self._users.setdefault(user_id, set()).add(client_id)
 
     async def remove_client(self, client_id: str) -> None:
         self._index.remove_client(client_id)
+        info = self._info.pop(client_id, None)
+        user_id = info.get("user_id") if info else None
+        if isinstance(user_id, str):
+            clients = self._users.get(user_id)
+            if clients is not None:
+                clients.discard(client_id)
+                if not clients:
+                    del self._users[user_id]
 
-    async def join(self, client_id: str, room: str) -> bool:
+    async def join(self, client_id: str, room: str, max_rooms: int = 0) -> bool:
+        rooms = self._index.client_rooms.get(client_id)
+        if rooms is None:
+            return False
+        if max_rooms and room not in rooms and len(rooms) >= max_rooms:
+            raise too_many_rooms(max_rooms)
         return self._index.join(client_id, room)
 
     async def leave(self, client_id: str, room: str) -> bool:
@@ -69,3 +95,25 @@ class MemoryBackend(Backend):
 
     async def disconnect_client(self, client_id: str, code: int, reason: str) -> bool:
         return await self.node.close_local(client_id, code, reason)
+
+    async def publish_history(
+        self, room: str, head: str, exclude: Collection[str], keep: RoomHistory
+    ) -> int:
+        frame, _, _ = self._history.append(room, head, keep)
+        members = self._index.members(room)
+        return self.node.deliver_local(frame, members, exclude) if members else 0
+
+    async def read_history(
+        self, room: str, keep: RoomHistory, since: Position | None, limit: int | None
+    ) -> HistoryPage:
+        return self._history.read(room, keep, since, limit)
+
+    async def presence(self, room: str) -> dict[str, dict[str, Any]]:
+        info = self._info
+        return {cid: info.get(cid, {}) for cid in self._index.members(room) or ()}
+
+    async def client_info(self, client_id: str) -> dict[str, Any]:
+        return dict(self._info.get(client_id, {}))
+
+    async def user_clients(self, user_id: str) -> set[str]:
+        return set(self._users.get(user_id, ()))

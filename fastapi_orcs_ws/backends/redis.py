@@ -37,6 +37,9 @@ disconnect logic once, then removes them (docs/scaling.md). Keys (``P`` is the p
 ``P claimed``                  hash client id -> the node running its disconnect logic
 ``P claims:{node}``            set of the clients a node claimed
 ``P resyncing``                for ``node_ttl`` after Redis lost its data: route via ``all``
+``P user-clients:{user}``      set of an authenticated user's clients (presence, per user)
+``P hist-meta:{room}``         hash ``e`` (epoch), ``o`` (last offset) of a room with history
+``P hist:{room}``              stream of its frames (``o`` offset, ``f`` frame), bounded
 =============================  ====================================================
 
 Channels: ``P node:{node}`` (frames and commands for one node's clients) and ``P all``
@@ -46,7 +49,10 @@ direct frame only to the owner's channel. Local recipients never go through Redi
 A message between nodes is a one-line JSON header, a newline, then the frame as the
 manager encoded it (never re-encoded): ``{"v":1,"k":"room","o":"node-a","r":"general",
 "x":["c1"]}\\n{"event":...}``. Kinds: ``all``, ``room``, ``client`` (a frame), ``close``,
-``join``, ``leave`` (commands for the owner of a client).
+``join``, ``leave`` (commands for the owner of a client), ``close-user`` (on ``all``: close
+every local connection of user ``u``), ``user`` (on ``all``: a frame for every local
+connection of user ``u``). A room frame with a position (``"h":1``) goes to its sender's
+node too, so that every node delivers a room's frames in the order Redis positioned them.
 """
 
 from __future__ import annotations
@@ -65,9 +71,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import BackendError, ConfigurationError
+from ..history import HistoryEntry, HistoryPage, Position, RoomHistory, new_epoch
+from ..protocol import unpositioned
 from ._redis_scripts import LIB, SCRIPTS
 from .base import Backend, BackendStats, Node
-from .rooms import RoomIndex
+from .rooms import RoomIndex, too_many_rooms
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -91,6 +99,8 @@ LEAVE_DEADLINE = 5.0
 """Seconds `RedisBackend.stop` spends handing this node's clients over."""
 LOSS_LOG_INTERVAL = 5.0
 """Seconds between two warnings about lost frames (each says how many since the last)."""
+FULL = "full"
+"""The join script's reply when the client is in the most rooms allowed already."""
 
 _OPTIONS = ("node_ttl", "heartbeat", "prefix", "max_frame", "node_id", "max_connections")
 
@@ -110,6 +120,7 @@ class RedisBackend(Backend):
     """
 
     name = "redis"
+    history_support = True
 
     def __init__(self, url: str, *, max_frame: int | None = None) -> None:
         try:
@@ -322,13 +333,27 @@ class RedisBackend(Backend):
         while await self._run("remove", client_id, str(CHUNK)):
             pass
 
-    async def join(self, client_id: str, room: str) -> bool:
-        if self._index.join(client_id, room):
+    async def join(self, client_id: str, room: str, max_rooms: int = 0) -> bool:
+        cap = str(max_rooms)
+        rooms = self._index.client_rooms.get(client_id)
+        if rooms is not None:
+            new = room not in rooms
+            if new and max_rooms and len(rooms) >= max_rooms:
+                raise too_many_rooms(max_rooms)
+            self._index.join(client_id, room)
             self._mutations += 1
-            await self._write("join", client_id, room, self.node_id, "1", "")
+            # Redis also counts the joins other processes made for this client (our view of
+            # them may lag by a message): the script decides, atomically. Redis away: the
+            # local view, which then takes every join, bounds it.
+            written = await self._write("join", client_id, room, self.node_id, "1", "", cap)
+            if written == FULL and new:
+                self._index.leave(client_id, room)
+                raise too_many_rooms(max_rooms)
             return True
         command = self._message("join", c=client_id, r=room)
-        result = await self._run("join", client_id, room, self.node_id, "0", command)
+        result = await self._run("join", client_id, room, self.node_id, "0", command, cap)
+        if result == FULL:
+            raise too_many_rooms(max_rooms)
         if not result:
             return False
         owner, receivers = result
@@ -454,6 +479,87 @@ class RedisBackend(Backend):
             return False
         return bool(sent == 1)
 
+    async def disconnect_user(self, user_id: str, code: int, reason: str) -> int:
+        closed = await self.node.close_user_local(user_id, code, reason)
+        message = self._message("close-user", u=user_id, code=code, reason=reason)
+        try:
+            _, lost = await self._run("publish_all", self.node_id, message, "[]", self._peers)
+        except BackendError as exc:
+            raise BackendError(
+                f"closed {closed} connections of user {user_id!r:.80} here, but could not tell "
+                f"the other processes ({exc}): call disconnect_user again once Redis is back"
+            ) from exc
+        if lost:
+            self._lost(int(lost), f"the close of user {user_id!r:.80}: a node was not listening")
+        return closed
+
+    async def publish_history(
+        self, room: str, head: str, exclude: Collection[str], keep: RoomHistory
+    ) -> int:
+        self._check_size(head)
+        # Local members too get the frame through Redis: one order for every node.
+        header = json.dumps(
+            {"v": VERSION, "k": "room", "o": self.node_id, "r": room, "x": list(exclude), "h": 1},
+            separators=(",", ":"),
+        )
+        result = await self._publish(
+            "publish_history",
+            room,
+            self.node_id,
+            header,
+            head,
+            _json_list(exclude),
+            self._peers,
+            str(keep.size or 0),
+            str(keep.ttl_ms),
+            str(int(keep.meta_ttl * 1000)),
+            new_epoch(),
+        )
+        if result is None:  # counted and logged: local members get it, without a position
+            members = self._index.members(room)
+            return self.node.deliver_local(unpositioned(head), members, exclude) if members else 0
+        addressed, lost, _, _ = result
+        if lost:
+            self._lost(int(lost), f"a frame to room {room!r}: some nodes were not listening")
+        return int(addressed)
+
+    async def read_history(
+        self, room: str, keep: RoomHistory, since: Position | None, limit: int | None
+    ) -> HistoryPage:
+        epoch, top, complete, flat = await self._run(
+            "read_history",
+            room,
+            str(-1 if since is None else since.offset),
+            "" if since is None else since.epoch,
+            new_epoch(),
+            str(keep.ttl_ms),
+            str(-1 if limit is None else limit),
+            str(int(keep.meta_ttl * 1000)),
+        )
+        entries = [HistoryEntry(int(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return HistoryPage(int(top), str(epoch), bool(complete), entries)
+
+    async def presence(self, room: str) -> dict[str, dict[str, Any]]:
+        flat = await self._run("presence", room)
+        return {str(flat[i]): _decode_info(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def client_info(self, client_id: str) -> dict[str, Any]:
+        info = await self._call(lambda r: r.hget(self.prefix + "client-info", client_id))
+        return _decode_info(str(info or ""))
+
+    async def user_clients(self, user_id: str) -> set[str]:
+        key = self.prefix + "user-clients:" + user_id
+        return {str(m) for m in await self._call(lambda r: r.smembers(key))}
+
+    async def publish_user(self, user_id: str, frame: str) -> int:
+        self._check_size(frame)
+        local = self.node.deliver_user_local(user_id, frame)
+        message = self._message("user", frame, u=user_id)
+        result = await self._publish("publish_all", self.node_id, message, "[]", self._peers)
+        if result is not None and int(result[1]):
+            self._lost(int(result[1]), f"a frame to user {user_id!r:.80}: a node was not listening")
+        return local
+
     def _check_size(self, frame: str) -> None:
         limit = self.max_frame
         if limit is not None and len(frame) > limit // 4 and len(frame.encode()) > limit:
@@ -480,15 +586,19 @@ class RedisBackend(Backend):
     async def _run(self, script: str, *args: str) -> Any:
         return await self._call(lambda r: self._scripts[script](args=[self.prefix, *args]))
 
-    async def _write(self, script: str, *args: str) -> None:
-        """Write this node's membership; if Redis is away, the heartbeat rewrites it later."""
+    async def _write(self, script: str, *args: str) -> Any:
+        """Write this node's membership; if Redis is away, the heartbeat rewrites it later.
+
+        Returns the script's reply, or None when it was not written.
+        """
         if self._redis is None:
-            return  # stopped: the node's keys are already gone
+            return None  # stopped: the node's keys are already gone
         try:
-            await self._run(script, *args)
+            return await self._run(script, *args)
         except BackendError as exc:
             self._dirty = True
             logger.warning("membership update not written to Redis (%s); will resync", exc)
+            return None
 
     async def _publish(self, script: str, *args: str) -> Any:
         """Publish to other nodes: at most once, counted and logged when it fails."""
@@ -532,8 +642,15 @@ class RedisBackend(Backend):
         self._last_error = f"{type(exc).__name__}: {exc}"
         if not self._down:
             logger.warning("redis unavailable (%s); delivering locally only", self._last_error)
+            self._drop_idle_connections()
         self._down = True
         self._dirty = True
+
+    def _drop_idle_connections(self) -> None:
+        # The idle connections point at the Redis that failed: drop them, so the first
+        # commands after it is back open fresh ones instead of failing one by one.
+        if self._redis is not None:
+            self._spawn(self._redis.connection_pool.disconnect(inuse_connections=False))
 
     # -- heartbeat, resync and reaping --------------------------------------------------
 
@@ -733,6 +850,7 @@ class RedisBackend(Backend):
                 if self._listening:
                     backoff = 0.1
                     logger.warning("redis listener lost (%s); reconnecting", exc)
+                    self._drop_idle_connections()
                 # Commands may still work (only our subscription was cut): the heartbeat
                 # probes now, and it alone decides that Redis is down.
                 self._dirty = True
@@ -797,7 +915,7 @@ class RedisBackend(Backend):
             self._lost(1, f"an inter-node message of version {version!r}")
             logger.warning("dropped an inter-node message of version %r", version)
             return
-        if head.get("o") == self.node_id:
+        if head.get("o") == self.node_id and not head.get("h"):
             return  # our own broadcast (local clients already have it)
         kind = head.get("k")
         node = self.node
@@ -809,8 +927,12 @@ class RedisBackend(Backend):
             node.deliver_local(frame, None, frozenset(head.get("x", ())))
         elif kind == "client":
             node.deliver_local(frame, (head["c"],), ())
+        elif kind == "user":
+            node.deliver_user_local(head["u"], frame)
         elif kind == "close":
             self._spawn(node.close_local(head["c"], int(head["code"]), str(head["reason"])))
+        elif kind == "close-user":
+            self._spawn(node.close_user_local(head["u"], int(head["code"]), str(head["reason"])))
         elif kind in ("join", "leave"):
             client_id, room = head["c"], head["r"]
             index = self._index

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["RoomIndex"]
+from ..errors import RoomLimitError
+
+__all__ = ["RoomIndex", "too_many_rooms"]
 
 
 class RoomIndex:
@@ -63,3 +65,12 @@ class RoomIndex:
             members.pop(client_id, None)
             if not members:
                 del self.rooms[room]
+
+
+def too_many_rooms(limit: int) -> RoomLimitError:
+    """The error every backend raises when a join would pass ``WS_MAX_ROOMS_PER_CLIENT``."""
+    return RoomLimitError(
+        f"this client is in {limit} rooms, the most allowed (WS_MAX_ROOMS_PER_CLIENT): "
+        "leave one first",
+        limit=limit,
+    )
