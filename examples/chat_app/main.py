@@ -13,6 +13,7 @@ import importlib.util
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse
@@ -20,7 +21,10 @@ from pydantic import BaseModel, Field
 
 from fastapi_orcs_ws import (
     Connection,
+    Position,
+    Presence,
     PrometheusMetrics,
+    RoomHistory,
     Stats,
     WebSocketManager,
     WebSocketRouter,
@@ -33,6 +37,17 @@ GENERAL = "general"
 
 class RoomPayload(BaseModel):
     room: str = Field(min_length=1, max_length=100)
+
+
+class Since(BaseModel):
+    offset: int = Field(ge=0)
+    epoch: str = Field(min_length=1, max_length=64)
+
+
+class JoinPayload(RoomPayload):
+    since: Since | None = None
+    """The last position the client saw in the room (``room``/``offset``/``epoch`` of its
+    last frame): what it missed since then is replayed before anything new."""
 
 
 class ChatMessage(BaseModel):
@@ -65,6 +80,10 @@ class ChatBroadcast(BaseModel):
 
 
 router = WebSocketRouter()
+# Every room keeps its last 100 messages for 5 minutes, and announces who comes and goes.
+router.manager.configure_rooms(
+    "*", history=RoomHistory(size=100, ttl=300), presence_events="client"
+)
 chat = router.ws(
     "/ws/chat",
     emits={
@@ -91,16 +110,19 @@ async def connect(ws: Connection) -> None:
 
 
 @chat.on("join")
-async def join(ws: Connection, payload: RoomPayload) -> dict[str, str]:
+async def join(ws: Connection, payload: JoinPayload) -> dict[str, Any]:
+    """Answers ``{"room", "recovered", "offset", "epoch"}``; with ``since``, what the client
+    missed comes first (``recovered: false``: more was missed than the room keeps)."""
     client_id = ws.data.client_id
-    await ws.data.manager.join_room(client_id, payload.room)
+    since = Position(payload.since.offset, payload.since.epoch) if payload.since else None
+    result = await ws.data.manager.join_room(client_id, payload.room, since=since)
     await ws.data.manager.broadcast_to_room(
         payload.room,
         "user-joined",
         {"clientId": client_id, "room": payload.room},
         exclude=[client_id],
     )
-    return {"room": payload.room}
+    return result.as_payload(payload.room)
 
 
 @chat.on("leave")
@@ -135,6 +157,7 @@ async def typing(ws: Connection, payload: TypingPayload) -> None:
         "user-typing",
         {"clientId": client_id, "room": payload.room},
         exclude=[client_id],
+        history=False,  # not worth replaying
     )
 
 
@@ -166,8 +189,13 @@ async def index() -> str:
     return _PAGE.read_text(encoding="utf-8")
 
 
+@app.get("/rooms/{room}/presence")
+async def presence(room: str, manager: WebSocketManager = Depends(get_manager)) -> Presence:
+    """Who is in ``room`` on every node: ``{"clients": [{"clientId", "user"}], "users": N}``."""
+    return await manager.presence(room)
+
+
 @app.get("/stats")
 async def stats(manager: WebSocketManager = Depends(get_manager)) -> Stats:
     """Connections, rooms and average room size (the spec's ``getStats()``)."""
     return await manager.get_stats()
-
