@@ -657,6 +657,11 @@ class Client:
             return
         if not isinstance(offset, int) or isinstance(offset, bool):
             return
+        self._advance(room, offset, epoch)
+
+    def _advance(self, room: str, offset: int, epoch: str) -> None:
+        # Within one epoch a position only moves forward: a live frame that overtook the join's
+        # ack (or came during its replay) is already behind us and must not be replayed again.
         known = self._positions.get(room)
         if known is None or known[1] != epoch or offset > known[0]:
             self._positions[room] = (offset, epoch)
@@ -669,7 +674,7 @@ class Client:
         if isinstance(ack, dict):
             offset, epoch = ack.get("offset"), ack.get("epoch")
             if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
-                self._positions[room] = (offset, epoch)
+                self._advance(room, offset, epoch)
 
     def _report(self, event: str, payload: Any, frame: Mapping[str, Any] | None = None) -> None:
         if event == "error" and not self._handlers.get("error"):

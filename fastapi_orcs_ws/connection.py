@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket
 
+from ._observer import utf8_size
 from ._outbox import AsgiSend, Message, Outbox, SendPolicy, settle
 from .protocol import CloseCode, truncate_reason, validate_close_code
 
@@ -172,6 +173,9 @@ class Connection:
         sent = self._outbox.offer({"type": "websocket.send", "text": frame}, pending)
         if pending:
             await settle(pending)
+        obs = self.data.manager.observer
+        if obs is not None and sent:
+            obs.frames_sent(1, utf8_size(frame))
         return sent
 
     def send_frame(self, frame: str) -> bool:

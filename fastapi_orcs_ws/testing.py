@@ -32,7 +32,7 @@ from .connection import Connection
 from .errors import EventError
 from .manager import WebSocketManager
 from .protocol import encode
-from .routing import event_routes_of
+from .routing import event_routes_of, managers_of
 from .server import uvicorn_settings
 from .settings import WebSocketSettings
 
@@ -62,7 +62,6 @@ class LiveServer:
 
 def settings_of(app: Any) -> WebSocketSettings | None:
     """The settings of the first event route mounted in ``app``, if any."""
-    from .routing import event_routes_of
 
     routes = event_routes_of(app)
     return routes[0][1].manager.settings if routes else None
@@ -323,13 +322,13 @@ class EventClient:
     @property
     def manager(self) -> WebSocketManager:
         """The app's [`WebSocketManager`][fastapi_orcs_ws.WebSocketManager]."""
-        manager = getattr(getattr(self.app, "state", None), "fastapi_orcs_ws_manager", None)
-        if isinstance(manager, WebSocketManager):
-            return manager
-        managers = {id(route.manager): route.manager for _, route in event_routes_of(self.app)}
+        managers = managers_of(self.app)
         if len(managers) != 1:
-            raise RuntimeError(f"the app has {len(managers)} WebSocket managers; expected one")
-        return next(iter(managers.values()))
+            raise RuntimeError(
+                f"the app has {len(managers)} WebSocket managers; use the router's manager "
+                "(router.manager) directly"
+            )
+        return next(iter(managers))
 
     @contextmanager
     def connect(

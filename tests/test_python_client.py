@@ -217,6 +217,22 @@ async def test_room_positions_are_sent_when_rejoining(extras: LiveServer) -> Non
         assert client.positions == {}
 
 
+async def test_a_join_ack_never_moves_a_position_back(extras: LiveServer) -> None:
+    client = Client(extras.ws_url("/ws/positions"), reconnect=FAST)
+    seen: list[int] = []
+    client.on("message", lambda payload, frame: seen.append(frame["offset"]))
+    async with client:
+        # Live frames 1 and 2 reach the client before the join's ack, which says offset 0.
+        joined = await client.request("join", {"room": "never-back", "overtaken": 2})
+        assert joined["offset"] == 0 and seen == [1, 2]
+        assert client.positions == {"never-back": {"offset": 2, "epoch": "epoch-1"}}
+        recovered = waiter(client, "recovery")
+        await client.emit("drop")
+        recovery = await within(recovered)
+        # Asked from 2, so frames 1 and 2 are not replayed a second time.
+        assert recovery["since"] == {"offset": 2, "epoch": "epoch-1"}
+
+
 async def test_a_failing_handler_is_logged_and_others_still_run(
     chat: ChatProcess, caplog: pytest.LogCaptureFixture
 ) -> None:

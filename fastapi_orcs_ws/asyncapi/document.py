@@ -300,6 +300,7 @@ class _Builder:
         channels: dict[str, Any] = {}
         operations: dict[str, Any] = {}
         messages: dict[str, Any] = {}
+        type_names: set[str] = set(definitions)  # envelope titles never shadow a model's
         for channel in self.channels:
             body: dict[str, Any] = {"address": _address(channel.path), "messages": {}}
             if channel.route.summary:
@@ -318,6 +319,8 @@ class _Builder:
                 )
                 payload_schema = schemas[id(message)]
                 messages[component] = _message_object(message, payload_schema, definitions)
+                # A type name for code generators (Modelina names a schema by its title).
+                messages[component]["payload"]["title"] = _type_name(component, type_names)
                 body["messages"][message.key] = {"$ref": f"#/components/messages/{component}"}
             channels[channel.id] = body
             operations.update(channel.operations)
@@ -424,6 +427,17 @@ def _message_object(message: _Message, payload: Schema, definitions: Schema) -> 
     example["payload"] = example_for(payload, definitions)
     body["examples"] = [{"name": "example", "payload": example}]
     return body
+
+
+def _type_name(component: str, taken: set[str]) -> str:
+    """``ws_chat.server.user-joined`` -> ``WsChatServerUserJoined``, unique in ``taken``."""
+    parts = re.split(r"[^A-Za-z0-9]+", component)
+    name = "".join(part[:1].upper() + part[1:] for part in parts) or "Envelope"
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}{n}", n + 1
+    taken.add(candidate)
+    return candidate
 
 
 def _envelope(message: _Message, payload: Schema) -> Schema:

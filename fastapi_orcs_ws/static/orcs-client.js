@@ -444,6 +444,12 @@ export class Client {
   #remember(frame) {
     const { room, offset, epoch } = frame;
     if (typeof room !== "string" || !Number.isSafeInteger(offset) || typeof epoch !== "string") return;
+    this.#advance(room, offset, epoch);
+  }
+
+  #advance(room, offset, epoch) {
+    // Within one epoch a position only moves forward: a live frame that overtook the join's
+    // ack (or came during its replay) is already behind us and must not be replayed again.
     const known = this.#positions.get(room);
     if (!known || known.epoch !== epoch || offset > known.offset) this.#positions.set(room, { offset, epoch });
   }
@@ -452,9 +458,9 @@ export class Client {
     if (entry.event !== this.#joinEvent || !isRoomPayload(entry.payload)) return;
     const room = entry.payload.room;
     this.#rooms.add(room);
-    // The answer of a join is the new baseline: {room, recovered, offset, epoch}.
+    // The answer of a join, {room, recovered, offset, epoch}, is the new baseline (never a step back).
     if (ack && typeof ack === "object" && Number.isSafeInteger(ack.offset) && typeof ack.epoch === "string") {
-      this.#positions.set(room, { offset: ack.offset, epoch: ack.epoch });
+      this.#advance(room, ack.offset, ack.epoch);
     }
   }
 

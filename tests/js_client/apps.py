@@ -91,6 +91,20 @@ async def positions_endpoint(websocket: WebSocket) -> None:
                 since = payload.get("since")
                 offset = offsets.setdefault(room, 0)
                 recovered = bool(since) and since.get("epoch") == EPOCH
+                # "overtaken": n live frames broadcast after the join took its position but
+                # written before its ack (a race every real server has): the ack's offset is
+                # behind what the client has already seen.
+                for n in range(int(payload.get("overtaken", 0))):
+                    offsets[room] += 1
+                    await websocket.send_json(
+                        {
+                            "event": "message",
+                            "payload": {"n": n},
+                            "room": room,
+                            "offset": offsets[room],
+                            "epoch": EPOCH,
+                        }
+                    )
                 ack = {"room": room, "recovered": recovered, "offset": offset, "epoch": EPOCH}
                 await websocket.send_json(
                     {"event": "ack", "id": msg_id, "payload": {**ack, "since": since}}

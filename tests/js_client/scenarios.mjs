@@ -217,4 +217,25 @@ export const scenarios = {
       await client.close();
     }
   },
+
+  /** A join's ack never moves a position back: frames that overtook it are not asked for again. */
+  async positionsNeverBack({ connect }, env) {
+    const client = connect(env.positionsUrl, { reconnect: { initialDelay: 10, maxDelay: 50 } });
+    const room = `p-${Math.random().toString(36).slice(2)}`;
+    const seen = [];
+    client.on("message", (payload, frame) => seen.push(frame.offset));
+    try {
+      // Two live frames (offsets 1, 2) reach the client before the ack, which says offset 0.
+      const joined = await client.request("join", { room, overtaken: 2 });
+      check(joined.offset === 0, "the ack is behind the live frames", joined);
+      check(seen.join() === "1,2", "the live frames came first", seen);
+      const kept = client.positions[room];
+      const recovered = next(client, "recovery");
+      await client.emit("drop");
+      const recovery = await recovered;
+      return { kept, since: recovery.since };
+    } finally {
+      await client.close();
+    }
+  },
 };
