@@ -104,7 +104,7 @@ def test_node_scenarios(node: Path, env: dict[str, Any]) -> None:
     results = results_of(result.stdout)
     assert sorted(results) == sorted(SCENARIOS), output[-3000:]
     assert results["requestAck"] == {
-        "ack": {"room": "js-room"},
+        "ack": {"room": "js-room", "recovered": False},  # a first join has nothing to recover
         "message": {"text": "hello from js", "room": "js-room"},
     }
     assert results["errorEvent"] == {"invalid": "validation_error", "unknown": "unknown_event"}
@@ -207,7 +207,7 @@ def test_chromium_scenario(chromium_page: Any, env: dict[str, Any], name: str) -
     result = chromium_page.evaluate(RUN_IN_PAGE, [name, env])
     assert isinstance(result, dict) and result, result
     if name == "requestAck":
-        assert result["ack"] == {"room": "js-room"}
+        assert result["ack"] == {"room": "js-room", "recovered": False}
     if name == "positions":
         assert result == {"since": {"offset": 3, "epoch": "epoch-1"}, "recovered": True}
     if name == "unauthorizedStops":

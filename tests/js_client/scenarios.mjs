@@ -41,12 +41,18 @@ export const scenarios = {
       const welcome = await next(client, "welcome");
       check(typeof welcome.clientId === "string" && welcome.clientId, "welcome has a clientId", welcome);
       const ack = await client.request("join", { room: "js-room" });
-      check(JSON.stringify(ack) === JSON.stringify({ room: "js-room" }), "the ack is the handler's return value", ack);
+      // The chat's join answers {room, recovered, offset, epoch} (its rooms keep history).
+      check(
+        JSON.stringify(Object.keys(ack)) === JSON.stringify(["room", "recovered", "offset", "epoch"]) &&
+          Number.isSafeInteger(ack.offset) && typeof ack.epoch === "string" && ack.epoch,
+        "the ack is the handler's return value",
+        ack,
+      );
       const received = next(client, "message", (p) => p.room === "js-room");
       await client.emit("message", { room: "js-room", text: "hello from js" });
       const message = await received;
       check(message.text === "hello from js" && message.from === welcome.clientId, "own broadcast", message);
-      return { ack, message: { text: message.text, room: message.room } };
+      return { ack: { room: ack.room, recovered: ack.recovered }, message: { text: message.text, room: message.room } };
     } finally {
       await client.close();
     }
