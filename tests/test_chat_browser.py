@@ -226,7 +226,7 @@ def test_reconnects_with_backoff_and_rejoins_rooms(new_page: Any, server: LiveSe
         route.connect_to_server()
         routes.append(route)
 
-    page.route_web_socket(re.compile(r"/ws/chat$"), forward)
+    page.route_web_socket(re.compile(r"/ws/chat(\?|$)"), forward)
     page.goto(server.http_url + "/")
     expect(page.locator("#status")).to_have_text("Connected")
     first_id = page.locator("#client-id").inner_text()

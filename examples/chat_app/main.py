@@ -13,9 +13,9 @@ import importlib.util
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Query
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
@@ -94,19 +94,33 @@ chat = router.ws(
         "message": ChatBroadcast,
     },
     summary="Chat rooms",
-    description="Everyone starts in `general`; join and leave other rooms at will.",
+    description="Everyone starts in `general` (unless connecting with `?autojoin=false` to "
+    "join it with `since`); join and leave other rooms at will. Rooms keep their last 100 "
+    "messages for 5 minutes: a `join` with `since` replays what was missed.",
 )
 
 
+AutoJoin = Annotated[
+    bool,
+    Query(
+        description="Put the client in `general` on connect (the spec's behaviour). A client "
+        "that joins `general` itself, to recover it after a reconnect with `since`, connects "
+        "with `?autojoin=false` (the chat page does)."
+    ),
+]
+
+
 @chat.on("connect")
-async def connect(ws: Connection) -> None:
+async def connect(ws: Connection, autojoin: AutoJoin = True) -> None:
     manager = ws.data.manager
     client_id = ws.data.client_id
-    await manager.join_room(client_id, GENERAL)
+    if autojoin:
+        await manager.join_room(client_id, GENERAL)
     await manager.send(ws, "welcome", {"message": "Welcome to chat!", "clientId": client_id})
-    await manager.broadcast_to_room(
-        GENERAL, "user-joined", {"clientId": client_id, "room": GENERAL}, exclude=[client_id]
-    )
+    if autojoin:
+        await manager.broadcast_to_room(
+            GENERAL, "user-joined", {"clientId": client_id, "room": GENERAL}, exclude=[client_id]
+        )
 
 
 @chat.on("join")
