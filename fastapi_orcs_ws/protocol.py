@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json as _json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -348,13 +349,27 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_MAYBE_OVERFLOW = re.compile(r"[eE]\+?[0-9]{3}|[0-9]{309}")
+"""A number that may be past the float range: a 3-digit exponent, or 309+ digits."""
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(
+            f"the number {literal[:24]}... is out of range (no JSON value is infinite)"
+        )
+    return value
+
+
 def decode_envelope(text: str) -> Envelope:
     """Decode and check one inbound text frame, or raise `ProtocolError`."""
     try:
-        if len(text) > LARGE_FRAME_CHARS and not text.isascii():
+        if (len(text) > LARGE_FRAME_CHARS and not text.isascii()) or _MAYBE_OVERFLOW.search(text):
             # pydantic-core copies non-ASCII text to UTF-8 first: a 16 MiB frame would cost
-            # 3-4x its size. The stdlib decoder builds only the result.
-            data = _json.loads(text, parse_constant=_refuse_constant)
+            # 3-4x its size. The stdlib decoder builds only the result, and lets us refuse a
+            # number past the float range (1e400), which would otherwise become infinity.
+            data = _json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
         else:
             # pydantic-core bounds nesting depth and we refuse NaN/Infinity.
             data = from_json(text, allow_inf_nan=False)
