@@ -31,7 +31,7 @@ from fastapi_orcs_ws import (
 from fastapi_orcs_ws._observer import Observer
 from fastapi_orcs_ws.testing import EventClient
 
-from .wsclient import client, expect, raw_handshake, recv, send
+from .wsclient import client, raw_handshake, recv, send
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -152,7 +152,16 @@ async def until(predicate: Any, timeout: float = 20.0) -> None:
 @pytest.mark.anyio
 async def test_chat_example_metrics_after_a_scripted_session(chat: ChatProcess) -> None:
     sent_by_a: list[str] = []
+    received: list[str] = []  # every frame the server wrote to a and b, as sent
     async with httpx.AsyncClient(base_url=chat.http, timeout=5) as http:
+
+        async def got(ws: Any, event: str) -> dict[str, Any]:
+            with anyio.fail_after(5):
+                text = await ws.recv()
+            received.append(text)
+            frame: dict[str, Any] = json.loads(text)
+            assert frame["event"] == event, frame
+            return frame
 
         async def say(ws: Any, event: str, payload: Any, **extra: Any) -> None:
             text = json.dumps({"event": event, "payload": payload, **extra})
@@ -163,20 +172,28 @@ async def test_chat_example_metrics_after_a_scripted_session(chat: ChatProcess) 
             return int((await http.get("/stats")).json()["connections"])
 
         async with client(chat.ws) as a:
-            await expect(a, "welcome")
+            await got(a, "welcome")  # alone in general: no presence-join for anyone
             async with client(chat.ws) as b:
-                await expect(b, "welcome")
-                joined = await a.recv()  # user-joined for b: one fan-out frame, to a
-                assert json.loads(joined)["event"] == "user-joined"
-                await say(a, "join", {"room": "r1"}, id=1)
-                assert (await expect(a, "ack"))["payload"] == {"room": "r1"}
+                b_id = (await got(b, "welcome"))["payload"]["clientId"]
+                # b joined general on connect: presence-join (the room's presence events),
+                # then the chat's own user-joined, each one fan-out frame, to a.
+                assert (await got(a, "presence-join"))["payload"]["clientId"] == b_id
+                assert (await got(a, "user-joined"))["payload"] == {
+                    "clientId": b_id,
+                    "room": "general",
+                }
+                await say(a, "join", {"room": "r1"}, id=1)  # a is alone in r1: no fan-out
+                ack = (await got(a, "ack"))["payload"]
+                assert ack == {"room": "r1", "recovered": False, "offset": 0} | {
+                    "epoch": ack["epoch"]
+                }
                 await say(a, "message", {"room": "general", "text": "hi"})
-                hi_a, hi_b = await a.recv(), await b.recv()
-                assert hi_a == hi_b and json.loads(hi_a)["event"] == "message"
+                hi_a, hi_b = await got(a, "message"), await got(b, "message")
+                assert hi_a == hi_b and hi_a["payload"]["text"] == "hi"
                 await say(a, "message", {"room": "general", "text": ""}, id=2)
-                assert (await expect(a, "error"))["payload"]["code"] == "validation_error"
+                assert (await got(a, "error"))["payload"]["code"] == "validation_error"
                 await say(a, "no-such-event", {})
-                assert (await expect(a, "error"))["payload"]["code"] == "unknown_event"
+                assert (await got(a, "error"))["payload"]["code"] == "unknown_event"
                 # A refusal: a subprotocol the route does not speak (HTTP 403 before accept).
                 with pytest.raises(InvalidStatus) as refused:
                     async with client(chat.ws, subprotocols=["chat.v9"]):
@@ -199,10 +216,13 @@ async def test_chat_example_metrics_after_a_scripted_session(chat: ChatProcess) 
                 assert value(first, "orcs_ws_received_bytes_total", route=ROUTE) == sum(
                     len(text.encode()) for text in sent_by_a
                 )
-                # Fan-out: user-joined (to a), "hi" (to a and b); and to one connection: two
-                # welcomes (ws.send), one ack and two error events.
-                assert value(first, "orcs_ws_frames_sent_total") == 8
-                assert value(first, "orcs_ws_sent_bytes_total") > len(joined) + 2 * len(hi_a)
+                # Fan-out: presence-join and user-joined (to a), "hi" (to a and b); and to one
+                # connection: two welcomes (ws.send), one ack and two error events.
+                assert len(received) == 9
+                assert value(first, "orcs_ws_frames_sent_total") == 9
+                assert value(first, "orcs_ws_sent_bytes_total") == sum(
+                    len(text.encode()) for text in received
+                )
                 handled = "orcs_ws_events_handled_total"
                 assert value(first, handled, route=ROUTE, event="connect", outcome="ok") == 2
                 assert value(first, handled, route=ROUTE, event="join", outcome="ok") == 1
