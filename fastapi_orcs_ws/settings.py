@@ -94,6 +94,10 @@ class WebSocketSettings(BaseSettings):
     """Offer permessage-deflate (used by `uvicorn_settings`). Off: it costs CPU per frame."""
     debug: bool = False
     """Check outgoing payloads against declared ``emits`` models."""
+    docs_console: bool = True
+    """Offer the "Try it" console on the ``/ws-docs`` page (connect, send events, see every
+    frame). ``false`` (e.g. in production): the page only documents. It shows only when every
+    router of the app has it on: one ``false`` turns it off for the whole page."""
     backend_url: str = "memory://"
     """Where membership and delivery live: ``memory://`` or ``redis://host:port/db``."""
 

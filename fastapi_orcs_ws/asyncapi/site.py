@@ -55,11 +55,23 @@ class _Docs:
     routes: list[BaseRoute] = field(default_factory=list)
     document: dict[str, Any] | None = None
     """Built at start-up (or on the first request), without ``servers`` (per request)."""
+    console: bool | None = None
+    """Whether the page offers the "Try it" console (``WS_DOCS_CONSOLE``), with the document."""
 
     def document_for(self, request: Request) -> dict[str, Any]:
         if self.document is None:
             self.document = _base_document(request.app)
         return _with_server(self.document, _request_server(request))
+
+    def console_for(self, app: FastAPI) -> bool:
+        if self.console is None:
+            self.console = _console_on(app)
+        return self.console
+
+
+def _console_on(app: FastAPI) -> bool:
+    """The console shows unless a router serving an event route has ``docs_console`` off."""
+    return all(route.router.settings.docs_console for _, route in event_routes_of(app))
 
 
 _MOUNTED: weakref.WeakKeyDictionary[FastAPI, _Docs] = weakref.WeakKeyDictionary()
@@ -159,6 +171,7 @@ def _add_routes(app: FastAPI, docs: _Docs) -> None:
                 docs.document_for(request),
                 asyncapi_url=docs.asyncapi_url,
                 docs_url=docs.docs_url,
+                console=docs.console_for(request.app),
             )
             return HTMLResponse(page)
 
@@ -199,6 +212,8 @@ def prepare_docs(app: Any) -> None:
         routes.extend(ours)  # after every route of the app: the app's own win
     if docs.routes and docs.document is None:
         docs.document = _base_document(app)  # now, so its warnings come at start-up
+    if docs.routes and docs.console is None:
+        docs.console = _console_on(app)
 
 
 def add_openapi_link(app: FastAPI, docs_url: str | None, asyncapi_url: str | None) -> None:
@@ -226,22 +241,32 @@ def _template() -> str:
 
 
 def render_page(
-    document: dict[str, Any], *, asyncapi_url: str | None = None, docs_url: str | None = None
+    document: dict[str, Any],
+    *,
+    asyncapi_url: str | None = None,
+    docs_url: str | None = None,
+    console: bool = True,
 ) -> str:
     """The self-contained HTML page for ``document`` (inline CSS and JS, no network).
 
     The page connects to ``servers`` (its first entry's ``pathname``, the app's root path)
-    plus each channel's address, on the host the browser is on.
+    plus each channel's address, on the host the browser is on. With ``console`` (the
+    ``WS_DOCS_CONSOLE`` setting), each route gets a "Try it" console: connect (token in the
+    ``["token", JWT]`` subprotocol), send client events checked against their JSON Schema,
+    see acks, errors and a log of every frame (docs/asyncapi.md).
     """
-    data = _script_json(document)
-    title = str(document.get("info", {}).get("title", "WebSocket API"))
-    return (
-        _template()
-        .replace("{{TITLE}}", _html_escape(title))
-        .replace("{{ASYNCAPI_URL}}", _script_json(asyncapi_url))
-        .replace("{{DOCS_URL}}", _script_json(docs_url))
-        .replace("{{DOCUMENT}}", data)
-    )
+    values = {
+        "TITLE": _html_escape(str(document.get("info", {}).get("title", "WebSocket API"))),
+        "ASYNCAPI_URL": _script_json(asyncapi_url),
+        "DOCS_URL": _script_json(docs_url),
+        "CONSOLE": _script_json(bool(console)),
+        "DOCUMENT": _script_json(document),
+    }
+    # One pass over the template: a value (the app's title) is never read as a placeholder.
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], _template())
+
+
+_PLACEHOLDER = re.compile(r"\{\{(TITLE|ASYNCAPI_URL|DOCS_URL|CONSOLE|DOCUMENT)\}\}")
 
 
 def _script_json(value: Any) -> str:
