@@ -156,15 +156,18 @@ def test_a_payload_the_schema_refuses_is_not_sent(
         wait_for_frame(console, '"welcome"')
         problems = console.locator("ul.problems")
 
-        send(console, "join", {"room": ""})
+        send(console, "join", '{"room": ')
         problems.wait_for()
+        assert "not JSON" in problems.inner_text()
+        send(console, "join", {"room": ""})
         assert "payload.room: at least 1 character(s)" in problems.inner_text()
         send(console, "join", {"rooom": "lobby"})
         assert "payload.room: required" in problems.inner_text()
-        send(console, "message", {"text": 42})
-        assert "payload.text: expected string, got integer" in problems.inner_text()
-        send(console, "join", '{"room": ')
-        assert "not JSON" in problems.inner_text()
+        send(console, "message", {"room": "", "text": 42})
+        shown = problems.inner_text()
+        assert "payload.room: at least 1 character(s)" in shown
+        assert "payload.text: expected string, got integer" in shown
+        assert "Not sent." in shown
         console.screenshot(path=str(shots / "ws-docs-console-invalid.png"))
         # Nothing was sent, no request is listed.
         assert frames(console, "sent") == []
