@@ -14,6 +14,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
@@ -44,6 +45,7 @@ def _served(port: int, within: float) -> dict[str, Any]:
         result = anyio.run(probes.normal_client, port, 2.0)
         if result["ws"] == "served" and result["http"] == 200:
             return result
+        time.sleep(0.05)  # between polls while the subprocess starts, not a synchronisation
     return result
 
 
@@ -51,29 +53,27 @@ def _served(port: int, within: float) -> dict[str, Any]:
 def _run_server(**overrides: Any) -> Iterator[int]:
     """``run(app, **overrides)`` (``bench/attacks/serve.py``) in a subprocess; yields its port."""
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.attacks.serve", str(port), json.dumps(overrides)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        ready = _served(port, within=30)
-        if ready.get("ws") != "served":
-            proc.terminate()
-            _, err = proc.communicate(timeout=10)
-            raise RuntimeError(f"run() did not serve within 30 s: {ready}; {err.decode()[-600:]}")
-        yield port
-    finally:
-        if proc.poll() is None:
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: a full pipe would stall the server
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.attacks.serve", str(port), json.dumps(overrides)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            ready = _served(port, within=30)
+            if ready.get("ws") != "served":
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-600:]
+                raise RuntimeError(f"run() did not serve within 30 s: {ready}; {tail}")
+            yield port
+        finally:
             proc.terminate()
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 @pytest.fixture(scope="module")
