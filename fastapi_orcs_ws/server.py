@@ -48,7 +48,9 @@ def uvicorn_settings(
         live, silent one answers pings and stays; ``ws_max_size`` = ``max_payload_length``
         (bytes; uvicorn closes larger frames with 1009); ``ws_per_message_deflate`` =
         ``compression`` (RFC 7692; off by default: deflate costs CPU on every frame of every
-        broadcast).
+        broadcast); ``http="h11"`` and ``h11_max_incomplete_event_size=16384`` (bytes: a
+        request head still unfinished past 16 KiB gets HTTP 400, where httptools would buffer
+        any size; see docs/security.md, "Deployment").
 
     Raises:
         ConfigurationError: the routers in ``app`` disagree on a server-level setting
