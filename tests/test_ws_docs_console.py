@@ -16,11 +16,13 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pytest
 from fastapi import FastAPI
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from examples.chat_app.main import app as chat_app
@@ -254,3 +256,85 @@ def test_the_setting_turns_the_console_off(browser: Any, monkeypatch: pytest.Mon
         assert page.locator(".console").count() == 0
         assert page.locator("button").count() == 0
         assert "Try it" not in page.locator("main").inner_text()
+
+
+class Color(StrEnum):
+    RED = "red"
+    GREEN = "green"
+
+
+class Cat(BaseModel):
+    kind: Literal["cat"] = "cat"
+    lives: int = Field(9, ge=0, le=9)
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"] = "dog"
+    good: bool = True
+
+
+class Order(BaseModel):
+    name: str = Field(min_length=2, max_length=5, pattern=r"^[a-z]+$")
+    color: Color
+    tags: list[str] = Field(default_factory=list, max_length=2)
+    pet: Annotated[Cat | Dog, Field(discriminator="kind")] | None = None
+    ratio: float = Field(0.5, gt=0, lt=1)
+    point: tuple[int, int] = (0, 0)
+
+
+async def order(ws: Connection, payload: Order) -> None:
+    return None
+
+
+CANDIDATES: list[Any] = [
+    {"name": "ab", "color": "red"},
+    {"name": "abcdef", "color": "red"},
+    {"name": "a", "color": "red"},
+    {"name": "AB", "color": "red"},
+    {"name": "ab", "color": "blue"},
+    {"name": "ab"},
+    {"name": 12, "color": "red"},
+    {"name": "ab", "color": "green", "tags": ["x", "y"]},
+    {"name": "ab", "color": "green", "tags": ["x", "y", "z"]},
+    {"name": "ab", "color": "green", "tags": [1]},
+    {"name": "ab", "color": "red", "pet": {"kind": "cat", "lives": 3}},
+    {"name": "ab", "color": "red", "pet": {"kind": "cat", "lives": 10}},
+    {"name": "ab", "color": "red", "pet": {"kind": "dog", "good": False}},
+    {"name": "ab", "color": "red", "pet": {"kind": "fish"}},
+    {"name": "ab", "color": "red", "pet": None},
+    {"name": "ab", "color": "red", "ratio": 1},
+    {"name": "ab", "color": "red", "ratio": 0.25},
+    {"name": "ab", "color": "red", "point": [1, 2]},
+    {"name": "ab", "color": "red", "point": [1]},
+    {"name": "ab", "color": "red", "point": [1, "2"]},
+    [],
+    None,
+    "ab",
+]
+
+
+def test_the_checker_agrees_with_pydantic(browser: Any) -> None:
+    router = WebSocketRouter(settings=WebSocketSettings(auth_enabled=False))
+    router.ws("/ws/shop", {"order": order})
+    app = FastAPI(title="shop")
+    app.include_router(router)
+    with serve(app) as live, page_opener(browser) as open_page:
+        page, _ = open_console(open_page, f"{live.http_url}/ws-docs", "/ws/shop")
+        verdicts = page.evaluate(
+            """(values) => {
+              const doc = JSON.parse(document.getElementById("asyncapi-document").textContent);
+              const message = Object.values(doc.components.messages)
+                .find((m) => m.name === "order" && m["x-direction"] === "client-to-server");
+              return values.map((v) => window.orcsWsDocs.validate(
+                message.payload.properties.payload, v));
+            }""",
+            CANDIDATES,
+        )
+    adapter = TypeAdapter(Order)
+    for value, problems in zip(CANDIDATES, verdicts, strict=True):
+        try:
+            adapter.validate_json(json.dumps(value), strict=True)
+            valid = True
+        except ValidationError:
+            valid = False
+        assert valid == (problems == []), (value, problems)
