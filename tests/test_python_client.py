@@ -71,7 +71,10 @@ async def test_request_ack_and_broadcast(chat: ChatProcess) -> None:
         hello = await within(welcome)
         assert hello["message"] == "Welcome to chat!"
         assert client.state == "open"
-        assert await client.request("join", {"room": "py"}) == {"room": "py"}
+        # The chat's join answers {room, recovered, offset, epoch} (its rooms keep history).
+        ack = await client.request("join", {"room": "py"})
+        assert ack == {"room": "py", "recovered": False, "offset": 0, "epoch": ack["epoch"]}
+        assert isinstance(ack["epoch"], str) and ack["epoch"]
         received = waiter(client, "message", lambda p: p["room"] == "py")
         await client.emit("message", {"room": "py", "text": "hello from python"})
         message = await within(received)
@@ -90,7 +93,7 @@ async def test_error_event_raises_event_error(chat: ChatProcess) -> None:
             await client.request("no-such-event")
         assert unknown.value.code == "unknown_event"
         # The connection is still usable.
-        assert await client.request("join", {"room": "after"}) == {"room": "after"}
+        assert (await client.request("join", {"room": "after"}))["room"] == "after"
 
 
 async def test_request_timeout(extras: LiveServer) -> None:
@@ -168,7 +171,7 @@ async def test_emits_before_open_are_sent_in_order(chat: ChatProcess) -> None:
     sent = asyncio.ensure_future(client.emit("message", {"room": "early", "text": "before open"}))
     await asyncio.sleep(0)
     assert client.state == "connecting" and client.buffered == 2
-    assert await within(joined) == {"room": "early"}
+    assert (await within(joined))["room"] == "early"
     await within(sent)
     assert (await within(received))["text"] == "before open"
     await client.close()
