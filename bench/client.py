@@ -1013,6 +1013,9 @@ class RelayRun:
         until = perf() + 3
         while perf() < until and not stalled.closed and stalled.close_code is None:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
+        # Dropped by the server: a close frame, or (when the close frame could not be written
+        # to a full socket) the connection closed without one.
+        stalled_dropped = stalled.close_code is not None or stalled.closed
         end_rss = peak
         with contextlib.suppress(psutil.Error):
             end_rss = proc.memory_info().rss
@@ -1030,6 +1033,7 @@ class RelayRun:
             "delivered": counts,
             "all_delivered": min(counts) >= a.k,
             "stalled_close_code": stalled.close_code,
+            "stalled_dropped": stalled_dropped,
             "stalled_received": stalled.count,
             "order_errors": sum(r.order_errors for r in self.readers),
             "elapsed_s": round(elapsed, 3),
