@@ -22,7 +22,7 @@ from fastapi_orcs_ws.asyncapi.schemas import to_asyncapi_schema
 
 SCHEMA_FILE = Path(__file__).parent / "data" / "asyncapi-3.0.0.schema.json"
 CHAT_CLIENT_EVENTS = {
-    "join": chat.RoomPayload,
+    "join": chat.JoinPayload,
     "leave": chat.RoomPayload,
     "message": chat.ChatMessage,
     "typing": chat.TypingPayload,
@@ -33,6 +33,8 @@ CHAT_SERVER_EVENTS = {
     "user-left": chat.ClientRef,
     "user-typing": chat.ClientRef,
     "message": chat.ChatBroadcast,
+    "presence-join": chat.PresenceEvent,
+    "presence-leave": chat.PresenceEvent,
 }
 
 
@@ -86,9 +88,11 @@ def test_chat_document_lists_every_event_with_its_payload_schema() -> None:
     for event, model in CHAT_CLIENT_EVENTS.items():
         payload = received[event]["payload"]["properties"]["payload"]
         assert payload == {"$ref": f"#/components/schemas/{model.__name__}"}
-        assert schemas[model.__name__] == model.model_json_schema(
-            ref_template="#/components/schemas/{model}"
-        )
+        expected = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        nested = expected.pop("$defs", {})  # nested models are components of their own
+        assert schemas[model.__name__] == expected
+        for name, schema in nested.items():
+            assert schemas[name] == schema
 
     sent = messages_by_direction(doc, "send")
     assert set(sent) == set(CHAT_SERVER_EVENTS) | {"error"}
@@ -106,11 +110,8 @@ def test_acks_are_replies_typed_by_the_return_annotation() -> None:
     assert [m["name"] for m in replies] == ["ack", "error"]
     ack = replies[0]["payload"]
     assert "id" in ack["required"]
-    # join returns dict[str, str]; message returns None.
-    assert ack["properties"]["payload"] == {
-        "type": "object",
-        "additionalProperties": {"type": "string"},
-    }
+    # join returns a JoinAnswer model; message returns None.
+    assert ack["properties"]["payload"] == {"$ref": "#/components/schemas/JoinAnswer"}
     message_ack = resolve(doc, doc["operations"]["ws_chat.receive.message"]["reply"]["messages"][0])
     assert message_ack["payload"]["properties"]["payload"] == {"type": "null"}
 

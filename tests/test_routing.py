@@ -275,20 +275,32 @@ def test_chat_example_in_process(chat_client: TestClient) -> None:
         with chat_client.websocket_connect("/ws/chat") as b:
             b_id = b.receive_json()["payload"]["clientId"]
             joined = {"clientId": b_id, "room": "general"}
-            assert a.receive_json() == {"event": "user-joined", "payload": joined}
+            presence = {**joined, "user": None}
+            assert a.receive_json() == {"event": "presence-join", "payload": presence}
+            frame = a.receive_json()  # the chat's rooms keep history: a position comes along
+            assert (frame["event"], frame["payload"], frame["room"]) == (
+                "user-joined",
+                joined,
+                "general",
+            )
             b.send_json({"event": "typing", "payload": {"room": "general"}})
+            # Typing is sent with history=False: no position.
             assert a.receive_json() == {"event": "user-typing", "payload": joined}
             b.send_json({"event": "message", "payload": {"text": "hi"}})
             for ws in (a, b):
                 msg = ws.receive_json()
                 assert msg["event"] == "message"
                 assert msg["payload"]["from"] == b_id and msg["payload"]["text"] == "hi"
+                stats_offset = msg["offset"]
             stats = chat_client.get("/stats").json()
             assert stats["connections"] == 2
             assert stats["rooms"] == 1
             assert stats["averageRoomSize"] == 2
         left = {"clientId": b_id, "room": "general"}
-        assert a.receive_json() == {"event": "user-left", "payload": left}
+        frame = a.receive_json()
+        assert (frame["event"], frame["payload"]) == ("user-left", left)
+        assert frame["offset"] == stats_offset + 1  # the position goes on by exactly one
+        assert a.receive_json() == {"event": "presence-leave", "payload": {**left, "user": None}}
     assert chat_client.get("/stats").json()["connections"] == 0
     assert a_id != b_id
 

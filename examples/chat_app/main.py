@@ -70,6 +70,25 @@ class ClientRef(BaseModel):
     """The room concerned (an addition to the spec's payload; older clients ignore it)."""
 
 
+class JoinAnswer(BaseModel):
+    """The answer to ``join``: with ``since``, whether everything missed was replayed."""
+
+    room: str
+    recovered: bool
+    offset: int | None = None
+    """The room's last position (rooms here keep history, so always set)."""
+    epoch: str | None = None
+
+
+class PresenceEvent(BaseModel):
+    """``presence-join`` / ``presence-leave``: who came or went (``user``: null when
+    anonymous)."""
+
+    room: str
+    clientId: str
+    user: dict[str, Any] | None = None
+
+
 class ChatBroadcast(BaseModel):
     model_config = {"populate_by_name": True}
 
@@ -92,6 +111,8 @@ chat = router.ws(
         "user-left": ClientRef,
         "user-typing": ClientRef,
         "message": ChatBroadcast,
+        "presence-join": PresenceEvent,
+        "presence-leave": PresenceEvent,
     },
     summary="Chat rooms",
     description="Everyone starts in `general` (unless connecting with `?autojoin=false` to "
@@ -124,7 +145,7 @@ async def connect(ws: Connection, autojoin: AutoJoin = True) -> None:
 
 
 @chat.on("join")
-async def join(ws: Connection, payload: JoinPayload) -> dict[str, Any]:
+async def join(ws: Connection, payload: JoinPayload) -> JoinAnswer:
     """Answers ``{"room", "recovered", "offset", "epoch"}``; with ``since``, what the client
     missed comes first (``recovered: false``: more was missed than the room keeps)."""
     client_id = ws.data.client_id
@@ -136,7 +157,7 @@ async def join(ws: Connection, payload: JoinPayload) -> dict[str, Any]:
         {"clientId": client_id, "room": payload.room},
         exclude=[client_id],
     )
-    return result.as_payload(payload.room)
+    return JoinAnswer.model_validate(result.as_payload(payload.room))
 
 
 @chat.on("leave")
