@@ -89,9 +89,9 @@ logger = logging.getLogger("fastapi_orcs_ws.redis")
 VERSION = 1
 T = TypeVar("T")
 
-CHUNK = 500
+CHUNK = 100
 """Most memberships or clients one script call handles: a few milliseconds of Redis time."""
-MAX_REAP_ROUNDS = 20
+MAX_REAP_ROUNDS = 100
 """Script calls one sweep makes at most; what is left waits for the next heartbeat."""
 SUBSCRIBE_TIMEOUT = 5.0
 """Seconds `RedisBackend.start` waits for its subscription when Redis answers."""
