@@ -611,3 +611,45 @@ async def test_resync_after_an_empty_restart_goes_in_bounded_chunks(
     await a.disconnect("big")  # removal of 333 rooms: several calls, none over the chunk
     assert [n for s, n in calls if s == "remove"] == [50] * 7
     assert (await a.backend.stats()).memberships == 2
+
+
+# -- the manager's side of the Node contract ------------------------------------------------
+
+
+async def test_the_manager_runs_the_route_handler_of_each_vanished_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = WebSocketManager()
+    ran: list[tuple[str, str, Any]] = []
+
+    async def chat_gone(client_id: str, *, info: Mapping[str, Any]) -> None:
+        ran.append(("chat", client_id, dict(info)))
+
+    async def old_style_gone(client_id: str) -> None:
+        ran.append(("old", client_id, None))
+        raise RuntimeError("a failing handler does not stop the others")
+
+    batches: list[dict[str, Any]] = []
+
+    async def callback(clients: Mapping[str, Mapping[str, Any]]) -> None:
+        batches.append(dict(clients))
+
+    assert manager.served_routes() == []
+    manager._on_route_gone(CHAT, chat_gone)
+    manager._on_route_gone("/ws/old", old_style_gone)
+    assert sorted(manager.served_routes()) == ["/ws/chat", "/ws/old"]
+    manager.on_clients_gone(callback)
+    assert sorted(manager.served_routes()) == ["", "/ws/chat", "/ws/old"]
+
+    gone = {
+        "c1": {"route": CHAT, "user_id": "u1"},
+        "c2": {"route": "/ws/old"},
+        "c3": {"route": "/ws/nowhere"},
+        "c4": {},
+    }
+    with caplog.at_level(logging.WARNING, "fastapi_orcs_ws"):
+        await manager.clients_gone(gone)
+    assert ran == [("chat", "c1", {"route": CHAT, "user_id": "u1"}), ("old", "c2", None)]
+    assert batches == [gone]
+    assert "no live process serves route '/ws/nowhere'" in caplog.text
+    assert "disconnect logic for vanished client c2 failed" in caplog.text
