@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
@@ -29,7 +30,16 @@ from typing import Any
 
 from starlette.websockets import WebSocketDisconnect
 
-__all__ = ["PENDING", "AsgiSend", "Message", "Outbox", "Resume", "SendPolicy", "settle"]
+__all__ = [
+    "PENDING",
+    "AsgiSend",
+    "Message",
+    "Outbox",
+    "Resume",
+    "SendPolicy",
+    "eager_fan_out",
+    "settle",
+]
 
 logger = logging.getLogger("fastapi_orcs_ws")
 
@@ -43,6 +53,34 @@ PENDING: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
     "fastapi_orcs_ws_pending", default=None
 )
 """Set by a sender that will :func:`settle` what its deliveries left unfinished."""
+
+
+EAGER_PATIENCE = 0.05
+"""Seconds a sender waits on an unfinished write before fan-out turns cautious (below)."""
+CONGESTION_HOLD = 5.0
+"""Seconds fan-out stays cautious after such a wait."""
+_congested_until = 0.0
+
+
+def eager_fan_out() -> bool:
+    """Whether fan-out may write in the sender's task now.
+
+    A write that does not finish within ``EAGER_PATIENCE`` means some client stopped reading;
+    the sender must finish it itself (up to the stall timeout). So that several such clients
+    cost a sender one wait, not one each in turn, fan-out then queues every frame for
+    ``CONGESTION_HOLD`` seconds: each stalled client is found by its own writer, all at once.
+    """
+    return time.monotonic() >= _congested_until
+
+
+def _congest() -> None:
+    global _congested_until
+    if time.monotonic() >= _congested_until:
+        logger.info(
+            "a client stopped reading mid-broadcast: fan-out queues frames for %g s",
+            CONGESTION_HOLD,
+        )
+    _congested_until = time.monotonic() + CONGESTION_HOLD
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +138,11 @@ class _Blocked:
 
     async def finish(self) -> None:
         outbox = self.outbox
-        done = await outbox._complete(self.coro, self.value, outbox._context)
+        patience = asyncio.get_running_loop().call_later(EAGER_PATIENCE, _congest)
+        try:
+            done = await outbox._complete(self.coro, self.value, outbox._context)
+        finally:
+            patience.cancel()
         outbox._busy = False
         if done and outbox._queue:
             outbox._start_writer()
@@ -175,7 +217,7 @@ class Outbox:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def offer(self, message: Message, pending: list[Any] | None) -> bool:
+    def offer(self, message: Message, pending: list[Any] | None, eager: bool = True) -> bool:
         """Write ``message`` now or queue it; False if the connection no longer takes frames.
 
         With ``pending`` (a list the caller will :func:`settle`), an idle connection's frame
@@ -188,7 +230,8 @@ class Outbox:
         # At most one unfinished write per sender: a middleware's cancel scopes, entered by
         # a write's first step, must be left in the order they were entered.
         if (
-            pending is not None
+            eager
+            and pending is not None
             and not self._busy
             and not (pending and type(pending[0]) is _Blocked)
         ):

@@ -182,14 +182,14 @@ class Connection:
         """Queue an already-encoded text frame without waiting (no flow control)."""
         return self._outbox.offer({"type": "websocket.send", "text": frame}, None)
 
-    def deliver(self, message: Message, pending: list[Any] | None) -> bool:
+    def deliver(self, message: Message, pending: list[Any] | None, eager: bool = True) -> bool:
         """Hand a ready ``websocket.send`` ASGI message to this client (used by fan-out).
 
         With ``pending`` (a list the caller settles, see ``_outbox.settle``) the frame is
         written at once when the client is idle; the message is shared by every recipient
         and never mutated. False if the connection no longer takes frames.
         """
-        return self._outbox.offer(message, pending)
+        return self._outbox.offer(message, pending, eager)
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close after the frames already queued have been written.
@@ -221,7 +221,7 @@ class Connection:
     def ended(self, code: int, reason: str = "") -> None:
         """Record how the connection ended (the first report wins) and stop taking frames."""
         if self.close_code is None:
-            self.close_code = code
+            self.close_code = int(code)  # a plain int for handlers, never an enum member
             self.close_reason = reason
         self._state = ConnectionState.CLOSED
         self._outbox.drop()

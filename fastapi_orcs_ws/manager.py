@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 
 from . import _drain
 from ._observer import utf8_size
-from ._outbox import PENDING, settle
+from ._outbox import PENDING, eager_fan_out, settle
 from .backends import Backend, backend_from_url
 from .errors import ConfigurationError, ManagerStoppedError, RoomLimitError
 from .history import (
@@ -856,6 +856,7 @@ class WebSocketManager:
         # written to at once; what is left is settled by the caller (see _outbox.PENDING).
         message = {"type": "websocket.send", "text": frame}
         pending = PENDING.get()
+        eager = eager_fan_out()  # once per fan-out, not per recipient
         conns = self._connections
         sent = 0
         if self._holds:  # a recovering client's live frames wait for its replay
@@ -863,11 +864,11 @@ class WebSocketManager:
         if client_ids is None:
             if exclude:
                 for client_id, conn in conns.items():
-                    if client_id not in exclude and conn.deliver(message, pending):
+                    if client_id not in exclude and conn.deliver(message, pending, eager):
                         sent += 1
             else:
                 for conn in conns.values():
-                    if conn.deliver(message, pending):
+                    if conn.deliver(message, pending, eager):
                         sent += 1
         else:
             get = conns.get
@@ -875,7 +876,7 @@ class WebSocketManager:
                 if exclude and client_id in exclude:
                     continue
                 target = get(client_id)
-                if target is not None and target.deliver(message, pending):
+                if target is not None and target.deliver(message, pending, eager):
                     sent += 1
         if self.observer is not None:  # once per fan-out, never per recipient
             self.observer.frames_sent(sent, utf8_size(frame))

@@ -341,6 +341,11 @@ def _find_in_model(model: BaseModel) -> tuple[list[str], str] | None:
     return _find(extra, allowed) if extra else None
 
 
+MAX_ID_CHARS = 128
+"""The longest string ``id`` a client may send."""
+MAX_SAFE_INTEGER = 2**53 - 1
+"""The largest integer ``id`` (JavaScript's ``Number.MAX_SAFE_INTEGER``, so browsers read it
+back exactly)."""
 LARGE_FRAME_CHARS = 1 << 16
 """Non-ASCII frames longer than this are decoded by the stdlib (less memory, see below)."""
 
@@ -391,6 +396,16 @@ def decode_envelope(text: str) -> Envelope:
     msg_id = data.get("id")
     if msg_id is not None and (not isinstance(msg_id, str | int) or isinstance(msg_id, bool)):
         raise ProtocolError('"id" must be a string or an integer', ErrorCode.INVALID_ENVELOPE)
+    if isinstance(msg_id, int) and abs(msg_id) > MAX_SAFE_INTEGER:
+        raise ProtocolError(
+            '"id" must be a safe integer (at most 2**53 - 1 either way)',
+            ErrorCode.INVALID_ENVELOPE,
+        )
+    if isinstance(msg_id, str) and len(msg_id) > MAX_ID_CHARS:
+        # Every reply repeats the id: a huge one would be echoed back in full.
+        raise ProtocolError(
+            f'"id" is at most {MAX_ID_CHARS} characters', ErrorCode.INVALID_ENVELOPE
+        )
     return Envelope(event=event, payload=data.get("payload"), id=msg_id)
 
 

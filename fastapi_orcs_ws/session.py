@@ -19,6 +19,7 @@ starts and ends its own task on demand; the session stops it at clean-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -62,12 +63,20 @@ if TYPE_CHECKING:
     from .auth import AuthResult
     from .routing import EventRoute
 
-__all__ = ["MAX_DETAIL_CHARS", "MAX_REPORTED_ERRORS", "run_session", "run_vanished"]
+__all__ = [
+    "MAX_DETAIL_CHARS",
+    "MAX_LISTED_ERRORS",
+    "MAX_REPORTED_ERRORS",
+    "run_session",
+    "run_vanished",
+]
 
 logger = logging.getLogger("fastapi_orcs_ws")
 
 MAX_REPORTED_ERRORS = 10
 """A ``validation_error`` reply lists at most this many problems (and counts the rest)."""
+MAX_LISTED_ERRORS = 200
+"""Past this many validation problems, only their count is reported (listing costs CPU)."""
 MAX_DETAIL_CHARS = 2000
 """An ``http_error`` reply's detail is cut to this many characters of JSON."""
 
@@ -357,7 +366,7 @@ class _Session:
                 self.ignored += 1
                 continue
             if self.bucket is not None and not self.bucket.take():
-                self._over_rate()
+                self._over_rate(item)
                 continue
             if self.finishing and await self._queue(item):
                 continue
@@ -421,23 +430,31 @@ class _Session:
         # Nothing queued and no await since: the reader runs handlers itself again.
         self.finishing = False
 
-    def _over_rate(self) -> None:
+    def _over_rate(self, item: Any) -> None:
+        """An event over the rate limit: not handled; its request (if any) is answered."""
         bucket, conn, route = self.bucket, self.conn, self.route
         assert bucket is not None
         route.manager._count_rate_limited(conn, bucket.overdraft)
-        if bucket.overdraft == 1:
-            warning = encode_error(
-                "rate limit exceeded: slow down",
-                ErrorCode.RATE_LIMITED,
-                retry_after=round(bucket.retry_after, 3),
-            )
-            if self.finishing:
-                # After the replies to the events queued before it.
-                self.inbound.append(_Reply(warning))
-            else:
-                conn.send_frame(warning)
-        elif bucket.overdraft > bucket.burst:
+        if bucket.overdraft > bucket.burst:
             conn.close_nowait(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+            return
+        msg_id = None
+        if type(item) is str:
+            # At most `burst` frames are decoded for this before the close: bounded.
+            with contextlib.suppress(ProtocolError):
+                msg_id = decode_envelope(item).id
+        if bucket.overdraft > 1 and msg_id is None:
+            return  # told once already; a request with an id is told, so it fails fast
+        warning = encode_error(
+            "rate limit exceeded: slow down",
+            ErrorCode.RATE_LIMITED,
+            id=msg_id,
+            retry_after=round(bucket.retry_after, 3),
+        )
+        if self.finishing:
+            self.inbound.append(_Reply(warning))  # after the replies to earlier events
+        else:
+            conn.send_frame(warning)
 
     async def _expire(self, expires_at: datetime) -> None:
         with anyio.CancelScope() as scope:
@@ -461,7 +478,7 @@ class _Session:
             await handler(conn, None)
         except WebSocketException as exc:
             logger.info("connect of %s refused: %s %s", conn.client_id, exc.code, exc.reason)
-            await conn.close(exc.code, exc.reason or "")
+            await _close_as_asked(conn, exc)
         except HTTPException as exc:
             code = 4000 + exc.status_code if 400 <= exc.status_code < 500 else 1011
             logger.info("connect of %s refused with HTTP %s", conn.client_id, exc.status_code)
@@ -541,6 +558,8 @@ class _Session:
     async def finish(self) -> None:
         """Clean-up: the disconnect handler once, membership, the writer."""
         route, conn = self.route, self.conn
+        if conn.close_code is None:  # the session ended without a word from either side
+            conn.ended(CloseCode.ABNORMAL, "")
         if self.ignored:
             logger.info(
                 "%d events of client %s arrived after the server closed it (%s); not handled",
@@ -566,7 +585,11 @@ async def _call(conn: Connection, handler: EventHandler, payload: Any, msg_id: A
     try:
         result = await handler(conn, payload)
     except InvalidPayload as exc:
-        return _validation_error(exc.error.errors(**_ERR_OPTS), event, msg_id)
+        count = exc.error.error_count()
+        # pydantic builds every error's dict at once: for a million bad items that is seconds
+        # of CPU and a gigabyte. Past a few hundred, report the count alone.
+        errors = exc.error.errors(**_ERR_OPTS) if count <= MAX_LISTED_ERRORS else []
+        return _validation_error(errors, event, msg_id, count=count)
     except (WebSocketRequestValidationError, RequestValidationError) as exc:
         return _validation_error(list(exc.errors()), event, msg_id)
     except EventError as exc:
@@ -582,7 +605,7 @@ async def _call(conn: Connection, handler: EventHandler, payload: Any, msg_id: A
         )
     except WebSocketException as exc:
         logger.info("handler for %r closed the connection: %s %s", event, exc.code, exc.reason)
-        await conn.close(exc.code, exc.reason or "")
+        await _close_as_asked(conn, exc)
         return None
     except AuthenticationError:
         await conn.close(CloseCode.UNAUTHORIZED, "Unauthorized")
@@ -637,11 +660,27 @@ class _Reply:
 _ERR_OPTS: dict[str, Any] = {"include_url": False, "include_input": False, "include_context": False}
 
 
+async def _close_as_asked(conn: Connection, exc: WebSocketException) -> None:
+    """Close with a ``WebSocketException``'s code, or 1011 if no application may send it."""
+    try:
+        await conn.close(exc.code, exc.reason or "")
+    except ValueError:
+        logger.error(
+            "WebSocketException(code=%r) cannot be sent: RFC 6455 allows applications 1000-1003, "
+            "1007-1014 and 3000-4999; closing client %s with 1011 instead",
+            exc.code,
+            conn.client_id,
+        )
+        await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+
 def _internal_error(event: str, msg_id: Any) -> str:
     return encode_error("internal server error", ErrorCode.INTERNAL_ERROR, id=msg_id, event=event)
 
 
-def _validation_error(errors: list[Any], event: str, msg_id: Any) -> str:
+def _validation_error(
+    errors: list[Any], event: str, msg_id: Any, *, count: int | None = None
+) -> str:
     """A bounded ``validation_error`` reply: the first few problems and how many there were."""
     shown = [
         {
@@ -653,14 +692,19 @@ def _validation_error(errors: list[Any], event: str, msg_id: Any) -> str:
         }
         for err in errors[:MAX_REPORTED_ERRORS]
     ]
-    first = shown[0] if shown else {"loc": [], "msg": "invalid"}
-    where = ".".join(str(part) for part in first["loc"]) or "payload"
+    total = len(errors) if count is None else count
+    if shown:
+        first = shown[0]
+        where = ".".join(str(part) for part in first["loc"]) or "payload"
+        message = f"invalid payload for {event!r}: {where}: {first['msg']}"
+    else:
+        message = f"invalid payload for {event!r}: {total} problems (too many to list)"
     return encode_error(
-        f"invalid payload for {event!r}: {where}: {first['msg']}",
+        message,
         ErrorCode.VALIDATION_ERROR,
         id=msg_id,
         errors=shown,
-        error_count=len(errors),
+        error_count=total,
         event=event,
     )
 

@@ -47,7 +47,7 @@ class WebSocketSettings(BaseSettings):
         extra="ignore",
     )
 
-    idle_timeout: float = Field(120.0, gt=0)
+    idle_timeout: float = Field(120.0, ge=1, allow_inf_nan=False)
     """Seconds after which a peer that answers nothing, not even pings, is dropped."""
     max_payload_length: int = Field(16 * MiB, gt=0)
     """Largest inbound frame in bytes; larger frames close the connection with 1009."""
@@ -57,7 +57,7 @@ class WebSocketSettings(BaseSettings):
     send_queue_bytes: int = Field(16 * MiB, ge=1)
     """Bytes (text characters) that may wait for one client, as ``send_queue_size``; a frame
     larger than this is still sent to a client with nothing queued."""
-    slow_consumer_timeout: float = Field(10.0, gt=0)
+    slow_consumer_timeout: float = Field(5.0, gt=0, allow_inf_nan=False)
     """Seconds a write to one client may make no progress before it is closed with 4429; the
     longest a broadcast or ``ws.send`` waits on one client."""
     inbound_queue_size: int = Field(64, ge=1)
@@ -84,7 +84,7 @@ class WebSocketSettings(BaseSettings):
     (a ``room_limit`` error event when a handler lets it propagate). 0: no cap."""
     max_room_name_length: int = Field(256, ge=1)
     """Longest room name ``join_room`` accepts, in characters; longer: ``RoomLimitError``."""
-    close_timeout: float = Field(5.0, gt=0)
+    close_timeout: float = Field(5.0, gt=0, allow_inf_nan=False)
     """Seconds to wait for a close frame to be written before giving up on the peer."""
     drain_seconds: float = Field(0.0, ge=0, le=3600)
     """Seconds over which a shutting-down process closes its clients (1012, spread with

@@ -96,23 +96,42 @@ async def test_a_flooding_client_is_warned_then_closed_and_others_are_served() -
                     await send(flooder, "ping", id=i)
                 except ConnectionClosed:
                     break
-            acks, errors = 0, []
+            acks: list[int] = []
+            refused: list[int] = []
             with anyio.fail_after(10):
                 try:
                     while True:
                         frame = json.loads(await flooder.recv())
                         if frame["event"] == "ack":
-                            acks += 1
+                            acks.append(frame["id"])
                         else:
-                            errors.append(frame["payload"]["code"])
+                            assert frame["payload"]["code"] == "rate_limited", frame
+                            refused.append(frame["id"])
                 except ConnectionClosed as exc:
                     assert exc.rcvd is not None
                     assert (exc.rcvd.code, exc.rcvd.reason) == (1008, "rate limit exceeded")
-            assert 10 <= acks <= 12  # the burst, plus what refilled meanwhile
-            assert errors == ["rate_limited"]  # one warning, not one per dropped event
+            assert 10 <= len(acks) <= 12  # the burst, plus what refilled meanwhile
+            # Every request before the close was answered, in order: handled, or refused with
+            # its own id (so a client's request fails fast); then another burst closes it.
+            assert 1 <= len(refused) <= 11
+            assert acks + refused == list(range(len(acks) + len(refused)))
             assert await served(normal)
         stats = await router.manager.get_stats()
     assert stats.events_rate_limited > 10
+
+
+async def test_events_without_an_id_over_the_rate_get_one_warning() -> None:
+    app, router = app_with(WebSocketSettings(), rate_limit=RateLimit(per_second=1, burst=3))
+    with serve(app) as server:
+        async with client(server.ws_url("/ws")) as ws:
+            for _ in range(6):  # 3 within the burst, 3 over it: fewer than a burst more
+                await send(ws, "ping")
+            warning = await expect(ws, "error")  # pings without an id get no ack
+            assert warning["payload"]["code"] == "rate_limited" and "id" not in warning
+            # Told once: the next frame is the answer to a request made once a token is back.
+            await anyio.sleep(warning["payload"]["retry_after"])  # the documented wait
+            assert await served(ws)
+        assert (await router.manager.get_stats()).events_rate_limited == 3
 
 
 async def test_rate_limit_from_settings_and_per_route_opt_out() -> None:
@@ -141,6 +160,7 @@ async def test_rate_limit_from_settings_and_per_route_opt_out() -> None:
             frames = [await recv(ws) for _ in range(3)]
             assert [f["event"] for f in frames] == ["ack", "ack", "error"]
             assert frames[2]["payload"]["code"] == "rate_limited"
+            assert frames[2]["id"] == 2  # the refused request is answered
             assert frames[2]["payload"]["retry_after"] > 0
 
 
