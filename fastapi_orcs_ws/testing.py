@@ -32,7 +32,7 @@ from .connection import Connection
 from .errors import EventError
 from .manager import WebSocketManager
 from .protocol import encode
-from .routing import event_routes_of, managers_of
+from .routing import managers_of
 from .server import uvicorn_settings
 from .settings import WebSocketSettings
 
@@ -60,13 +60,6 @@ class LiveServer:
         return f"ws://{self.host}:{self.port}{path}"
 
 
-def settings_of(app: Any) -> WebSocketSettings | None:
-    """The settings of the first event route mounted in ``app``, if any."""
-
-    routes = event_routes_of(app)
-    return routes[0][1].manager.settings if routes else None
-
-
 @contextmanager
 def serve(
     app: Any,
@@ -89,14 +82,13 @@ def serve(
     """
     import uvicorn
 
-    if settings is None:
-        settings = settings_of(app)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     options: dict[str, Any] = {"log_level": "warning", "lifespan": "on"}
-    options.update(uvicorn_settings(settings))
+    # The rules run() applies: the routers' settings (a conflict is an error), or `settings`.
+    options.update(uvicorn_settings(app, settings=settings))
     options.update(uvicorn_kwargs)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
