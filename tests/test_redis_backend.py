@@ -369,7 +369,7 @@ async def test_vanished_clients_go_only_to_a_node_that_serves_their_route(
     assert orphans[0].backend._orphaned == 1
     stats = await a.backend.stats()
     assert (stats.connections, stats.rooms, stats.memberships) == (0, 0, 0)
-    assert stats.details["claimed_clients"] == 2
+    assert stats.details["claimed_clients"] == 2 + (orphans[0] is a)
     assert sum(n.backend._reaped for n in cluster.nodes if n is not b) == 1
     assert cluster.gone_everywhere() == ["b1", "b2", "b3"], "each exactly once"
 
@@ -459,6 +459,14 @@ async def test_a_node_restarting_with_its_id_hands_its_previous_clients_over(
     stats = await a.backend.stats()
     assert (stats.connections, stats.rooms, stats.memberships) == (1, 1, 1)
     assert a.backend._not_rerun + again.backend._not_rerun == 1, "b2 had started closing"
+
+
+async def test_a_node_id_in_use_by_a_live_process_is_refused_at_start(cluster: Cluster) -> None:
+    # One URL with node_id for `uvicorn --workers 2`: the second process must not start.
+    await cluster.node("web-1")
+    twin = FakeNode("web-1", cluster.url)
+    with pytest.raises(ConfigurationError, match=r"node_id='web-1' is in use by a live process"):
+        await twin.backend.start(twin)
 
 
 async def test_stop_hands_unclosed_clients_over_and_removes_closing_ones(

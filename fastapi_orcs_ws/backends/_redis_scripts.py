@@ -339,8 +339,8 @@ if redis.call('HEXISTS', P..'vanished', ARGV[2]) == 1
 end
 if redis.call('PUBLISH', P..'node:'..owner, ARGV[4]) == 0 then return {1, 1} end
 return {1, 0}""",
-    # ARGV: P, node, ttl ms, token, JSON [routes], 1 if this node was registered before
-    # -> {1 if the node was not registered, 1 if another process beat with this id}
+    # ARGV: P, node, ttl ms, token:beat, JSON [routes], 1 if this node was registered before,
+    #       token -> {1 if the node was not registered, 1 if another process beat with this id}
     "heartbeat": """
 local alive = P..'alive:'..ARGV[2]
 local before = redis.call('GET', alive)
@@ -356,7 +356,7 @@ if added == 1 and ARGV[6] == '1' then
   redis.call('SET', P..'resyncing', '1', 'PX', ARGV[3])
 end
 local foreign = 0
-if before and before ~= ARGV[4] then foreign = 1 end
+if before and string.sub(before, 1, #ARGV[7] + 1) ~= ARGV[7]..':' then foreign = 1 end
 return {added, foreign}""",
     # ARGV: P, self, budget, JSON [routes this node serves]
     # -> {{node, clients handed over, 1 if fully reaped}...},

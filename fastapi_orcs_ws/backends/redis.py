@@ -166,6 +166,8 @@ class RedisBackend(Backend):
         self._peers = "{}"  # JSON {node: clients it holds} of the live peers at the last sweep
         self._token = uuid.uuid4().hex  # this run of the process, in its heartbeat key
         self._beats = 0
+        self._synced = False  # a full sync of this run succeeded (strays were handed over)
+        self._fixed_id = bool(options.get("node_id"))
         self._mutations = 0
         self._dirty = True
         self._stopping = False
@@ -216,6 +218,8 @@ class RedisBackend(Backend):
         self._scripts = {
             name: self._redis.register_script(LIB + body) for name, body in SCRIPTS.items()
         }
+        if self._fixed_id:
+            await self._refuse_a_live_twin()
         await self._beat()
         loop = asyncio.get_running_loop()
         self._subscription = asyncio.Event()
@@ -234,6 +238,32 @@ class RedisBackend(Backend):
                     self.node_id,
                     SUBSCRIBE_TIMEOUT,
                 )
+
+    async def _refuse_a_live_twin(self) -> None:
+        """A node_id set in the URL must not be in use by a live process.
+
+        ``uvicorn --workers 4`` with one URL that fixes ``node_id`` would make four processes
+        take each other's clients for a dead run's. A heartbeat under our id is either a
+        previous run's (it stays as it is) or a live twin's (it changes within a heartbeat).
+        """
+        key = self.prefix + "alive:" + self.node_id
+        try:
+            first = await self._call(lambda r: r.get(key))
+            if first is None:
+                return
+            await asyncio.sleep(self.heartbeat * 1.5)
+            second = await self._call(lambda r: r.get(key))
+        except BackendError:
+            return  # Redis is away: nothing to compare; the heartbeat reports a twin later
+        if second is not None and second != first:
+            assert self._redis is not None
+            await self._redis.aclose()
+            self._redis = None
+            raise ConfigurationError(
+                f"WS_BACKEND_URL: node_id={self.node_id!r} is in use by a live process (its "
+                "heartbeat goes on); give each process its own node_id, or leave node_id out "
+                "of the URL (one URL for uvicorn --workers N must not fix it)"
+            )
 
     async def stop(self) -> None:
         """Stop the loops, hand this node's remaining clients over, disconnect.
@@ -662,9 +692,10 @@ class RedisBackend(Backend):
                 "heartbeat",
                 self.node_id,
                 str(int(self.node_ttl * 1000)),
-                self._token,
+                f"{self._token}:{self._beats}",
                 routes,
                 "1" if self._beats else "0",
+                self._token,
             )
             if foreign and self._beats:
                 logger.error(
@@ -716,6 +747,7 @@ class RedisBackend(Backend):
             await self._leave_stray_rooms(cid)
         await self._hand_over_strays("node-clients:", "hand_over_clients", self._index.client_rooms)
         await self._hand_over_strays("claims:", "hand_over_claims", self._claims)
+        self._synced = True
         if self._mutations != before:
             self._dirty = True  # changed meanwhile: write again on the next beat
 
@@ -743,6 +775,17 @@ class RedisBackend(Backend):
         for cid in removed:  # removed here while Redis was away: a clean close, no logic
             await self._remove(cid)
             self._removed.discard(cid)
+        if stray and self._synced:
+            # Only a previous run leaves entries under our id, and the first sync of this run
+            # handed those over: another live process must be using this node_id.
+            logger.error(
+                "node %s: Redis has %d entries under this node_id that this process does not "
+                "hold; another process uses node_id %r (give each process its own)",
+                self.node_id,
+                len(stray),
+                self.node_id,
+            )
+            return
         handed = 0
         for start in range(0, len(stray), CHUNK):
             part = json.dumps(stray[start : start + CHUNK])
