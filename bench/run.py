@@ -485,7 +485,7 @@ def cfg(quick: bool) -> dict[str, Any]:
             "echo_warmup_s": 0.3,
             "idle_n": 1000,
             "slow_n": 20,
-            "slow_s": 4.0,
+            "slow_s": 3.0,
             "redis_n": 1000,
             "slow_servers": {"ours", "plain"},
             "settle_s": 0.8,
@@ -1487,6 +1487,7 @@ def main() -> None:
         "slow": run_slow,
     }
     for w in workloads:
+        t_w = time.monotonic()
         try:
             if w == "redis":
                 if "ours" in servers:
@@ -1496,6 +1497,7 @@ def main() -> None:
         except Exception as exc:  # one workload failing must not lose the others' results
             notes.append(f"{w}: {type(exc).__name__}: {exc}")
             log(f"  {w}: {type(exc).__name__}: {exc}")
+        log(f"  -- {w}: {time.monotonic() - t_w:.0f} s, load average {loadavg()}")
         Path(a.out).with_suffix(".partial.json").write_text(json.dumps(res, indent=1, default=str))
     meta["load_end"] = loadavg()
     meta["orcs_files"] = dict(ORCS_FILES)
