@@ -181,9 +181,9 @@ class EventRoute:
         where = ".".join(str(part) for part in first.get("loc", ())) or "request"
         return f"{where}: {first.get('msg', 'invalid')}"
 
-    async def _vanished(self, client_id: str) -> None:
+    async def _vanished(self, client_id: str, *, info: Mapping[str, Any]) -> None:
         """Run the disconnect handler for a client whose process died (shared backends)."""
-        await run_vanished(self, client_id)
+        await run_vanished(self, client_id, info=info)
 
 
 _TOKEN_CHARS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

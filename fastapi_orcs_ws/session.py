@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,6 +44,7 @@ from ._context import (
 from ._drain import refuse_draining
 from ._observer import utf8_size
 from ._outbox import Resume, SendPolicy
+from .auth import User
 from .connection import Connection, ConnectionData
 from .errors import AuthenticationError, EventError
 from .handlers import EventHandler, InvalidPayload
@@ -568,6 +569,8 @@ class _Session:
                 conn.close_code,
             )
         try:
+            # Recorded first: if this process dies now, no survivor runs the handler again.
+            await route.manager._client_closing(conn.client_id)
             handler = route.handler_for("disconnect")
             if handler is not None:
                 ended = {"code": conn.close_code, "reason": conn.close_reason}
@@ -624,12 +627,31 @@ async def _call(conn: Connection, handler: EventHandler, payload: Any, msg_id: A
         return _internal_error(event, msg_id)
 
 
-async def run_vanished(route: EventRoute, client_id: str) -> None:
-    """Run ``route``'s disconnect handler for a client whose process died (shared backends)."""
+async def run_vanished(
+    route: EventRoute, client_id: str, *, info: Mapping[str, Any] | None = None
+) -> None:
+    """Run ``route``'s disconnect handler for a client whose process died (shared backends).
+
+    ``info`` is what the client was registered with: its user, when it was authenticated,
+    becomes ``ws.data.user`` (a [`User`][fastapi_orcs_ws.User] with the public info it was
+    registered with as its claims), so the handler knows whose connection ended.
+    """
     handler = route.handler_for("disconnect")
     if handler is None:
         return
-    data = ConnectionData(client_id, connected_at=datetime.now(UTC), manager=route.manager)
+    info = info or {}
+    user_id = info.get("user_id")
+    user = None
+    if isinstance(user_id, str):
+        public = info.get("user")
+        user = User(id=user_id, claims=dict(public) if isinstance(public, Mapping) else {})
+    data = ConnectionData(
+        client_id,
+        connected_at=datetime.now(UTC),
+        manager=route.manager,
+        authenticated=user is not None,
+        user=user,
+    )
     conn = Connection.detached(data, path=route.path)
     ended = {"code": CloseCode.ABNORMAL, "reason": "node lost"}
     _unheard(await _call(conn, handler, ended, None), conn)

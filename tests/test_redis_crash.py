@@ -177,11 +177,6 @@ async def test_node_restarting_at_once_runs_its_clients_handlers_once(
 # -- item 6: a crash during a clean disconnect ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the session to call manager._client_closing(client_id) before the "
-    "disconnect handler (the lead's session.py); remove this mark once it does",
-)
 async def test_sigkill_during_a_clean_disconnect_never_runs_the_handler_again(
     cluster: Cluster,
 ) -> None:
