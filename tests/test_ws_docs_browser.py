@@ -48,6 +48,8 @@ def test_ws_docs_renders_every_chat_event(server: LiveServer, browser: Any) -> N
         assert names_in == {"join", "leave", "message", "typing"}
         assert names_out == {
             "welcome",
+            "presence-join",
+            "presence-leave",
             "user-joined",
             "user-left",
             "user-typing",
