@@ -1005,11 +1005,14 @@ async def _finish_fan_out(pending: list[Any]) -> None:
 def user_key(data: ConnectionData) -> str | None:
     """The user a connection belongs to (the per-user cap's key): ``str(user.id)``, else the
     verified token's ``sub``; None when the connection is not authenticated."""
-    if not data.authenticated:
-        return None
-    user_id = getattr(data.user, "id", None)
-    if user_id is None and isinstance(data.claims, dict):
-        user_id = data.claims.get("sub")
+    return user_key_of(data.user, data.claims) if data.authenticated else None
+
+
+def user_key_of(user: Any, claims: Any) -> str | None:
+    """`user_key` for a user and claims not yet in a connection (the handshake)."""
+    user_id = getattr(user, "id", None)
+    if user_id is None and isinstance(claims, dict):
+        user_id = claims.get("sub")
     return None if user_id is None else str(user_id)
 
 

@@ -49,6 +49,7 @@ from .connection import Connection, ConnectionData
 from .errors import AuthenticationError, EventError
 from .handlers import EventHandler, InvalidPayload
 from .limits import TokenBucket
+from .manager import user_key_of
 from .protocol import (
     RESERVED_EVENTS,
     CloseCode,
@@ -143,7 +144,7 @@ async def run_session(route: EventRoute, websocket: WebSocket) -> None:
         return
     problems = await route.handshake_problems(websocket)
     ip = websocket.client.host if websocket.client is not None else None
-    user_key = _user_key(auth.user, auth.claims) if auth.authenticated else None
+    user_key = user_key_of(auth.user, auth.claims) if auth.authenticated else None
     full = manager._admission.admit(ip, user_key)
     if full is not None:
         manager._count_refusal(full, route.path)
@@ -172,13 +173,6 @@ async def _deny(websocket: WebSocket, cap: str) -> None:
     else:
         await websocket.accept()
         await websocket.close(CloseCode.TRY_AGAIN_LATER, f"too many connections ({cap})")
-
-
-def _user_key(user: Any, claims: Any) -> str | None:
-    user_id = getattr(user, "id", None)
-    if user_id is None and isinstance(claims, dict):
-        user_id = claims.get("sub")
-    return None if user_id is None else str(user_id)
 
 
 async def _serve(route: EventRoute, websocket: WebSocket, auth: AuthResult) -> None:
