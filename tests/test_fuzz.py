@@ -27,7 +27,14 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from fastapi_orcs_ws import Connection, ErrorCode, WebSocketRouter, WebSocketSettings
-from fastapi_orcs_ws.protocol import LARGE_FRAME_CHARS, Envelope, ProtocolError, decode_envelope
+from fastapi_orcs_ws.protocol import (
+    LARGE_FRAME_CHARS,
+    MAX_ID_CHARS,
+    MAX_SAFE_INTEGER,
+    Envelope,
+    ProtocolError,
+    decode_envelope,
+)
 from fastapi_orcs_ws.testing import EventClient, EventSession
 
 DOCUMENTED = {code.value for code in ErrorCode}
@@ -65,7 +72,18 @@ EVENTS = [
     "nope",
 ]
 event_names = st.sampled_from(EVENTS) | st.text(max_size=30) | json_values
-ids = st.none() | st.integers() | st.text(max_size=12) | st.floats() | st.booleans() | json_values
+ids = (
+    st.none()
+    | st.integers()
+    | st.tuples(
+        st.integers(MAX_SAFE_INTEGER - 2, MAX_SAFE_INTEGER + 2), st.sampled_from([1, -1])
+    ).map(lambda pair: pair[0] * pair[1])
+    | st.text(max_size=12)
+    | st.text(min_size=MAX_ID_CHARS - 1, max_size=MAX_ID_CHARS + 1)
+    | st.floats()
+    | st.booleans()
+    | json_values
+)
 payloads = (
     json_values
     | st.fixed_dictionaries(
@@ -118,9 +136,14 @@ def test_the_decoder_returns_an_envelope_or_a_documented_error(text: str) -> Non
     envelope = check_decoded(text)
     if envelope is not None:
         assert isinstance(envelope.event, str) and envelope.event
-        assert envelope.id is None or (
-            isinstance(envelope.id, str | int) and not isinstance(envelope.id, bool)
-        )
+        assert valid_id(envelope.id)
+
+
+def valid_id(value: Any) -> bool:
+    """What the protocol accepts as an ``id``: a short string or a safe integer."""
+    if type(value) is int:
+        return abs(value) <= MAX_SAFE_INTEGER
+    return value is None or (type(value) is str and len(value) <= MAX_ID_CHARS)
 
 
 @FUZZ
@@ -131,7 +154,7 @@ def test_the_decoder_agrees_with_the_json_it_is_given(value: Any) -> None:
         isinstance(value, dict)
         and isinstance(value.get("event"), str)
         and value["event"] != ""
-        and (value.get("id") is None or type(value["id"]) in (str, int))
+        and valid_id(value.get("id"))
     )
     if not valid:
         assert envelope is None
