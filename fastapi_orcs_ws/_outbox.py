@@ -23,7 +23,6 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -189,7 +188,9 @@ class Outbox:
         self._policy = policy
         self._context = context
         self._on_stalled = on_stalled
-        self._queue: deque[Message] = deque()
+        # A list, not a deque: an empty deque costs ~600 bytes on every idle connection; the
+        # queue is short (bounded) and only used while a client is behind.
+        self._queue: list[Message] = []
         self._bytes = 0
         self._high_frames = max(1, policy.max_frames // 2)
         self._high_bytes = max(1, policy.max_bytes // 2)
@@ -286,7 +287,7 @@ class Outbox:
         send = self._send
         try:
             while queue:
-                message = queue.popleft()
+                message = queue.pop(0)
                 self._bytes -= _size(message)
                 if self._room is not None and not self.behind:
                     self._room.set()

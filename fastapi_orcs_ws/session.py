@@ -24,7 +24,6 @@ import contextvars
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -265,7 +264,7 @@ class _Session:
         self.receive = receive
         settings = route.manager.settings
         self.limit = settings.max_payload_length
-        self.inbound: deque[Any] = deque()
+        self.inbound: list[Any] = []  # a list: an empty deque costs ~600 bytes per connection
         """Events received while a handler is unfinished, handled after it, in order."""
         self.inbound_bytes = 0
         self.inbound_max_items = settings.inbound_queue_size
@@ -274,8 +273,8 @@ class _Session:
         """A task is finishing a handler (or `connect`): the reader queues, never runs."""
         self.refused = False
         self.ignored = 0
-        self.tg: Any = None
-        self._room = asyncio.Event()
+        self.tg: asyncio.TaskGroup | None = None
+        self._room: asyncio.Event | None = None  # made when the inbound queue is first full
         self._receiver: asyncio.Task[Any] | None = None
         self._stop = False
         self._expiry: anyio.CancelScope | None = None
@@ -286,11 +285,12 @@ class _Session:
     async def run(self, expires_at: datetime | None) -> None:
         route, conn = self.route, self.conn
         self.finishing = True  # `connect` first: what arrives meanwhile waits for it
-        async with anyio.create_task_group() as tg:
+        # asyncio's task group: per connection it costs about 2 KiB less than anyio's.
+        async with asyncio.TaskGroup() as tg:
             self.tg = tg
             if expires_at is not None:
-                tg.start_soon(self._expire, expires_at)
-            tg.start_soon(self._read)
+                tg.create_task(self._expire(expires_at))
+            tg.create_task(self._read())
             connect = route.handler_for("connect")
             if connect is not None:
                 # A refused `connect` is an authorization gate: nothing sent is handled.
@@ -367,7 +367,8 @@ class _Session:
                 continue
             if limiter is not None:
                 await limiter.acquire()
-                self.tg.start_soon(self._dispatch_released, item, limiter)
+                assert self.tg is not None
+                self.tg.create_task(self._dispatch_released(item, limiter))
                 continue
             coro = self._dispatch(item)
             try:
@@ -376,7 +377,8 @@ class _Session:
                 continue
             # The handler suspended: it stays in this task; reading moves to a new one.
             self.finishing = True
-            self.tg.start_soon(self._read)
+            assert self.tg is not None
+            self.tg.create_task(self._read())
             await Resume(coro, step, None)
             await self._finish_queued()
             return None
@@ -399,6 +401,8 @@ class _Session:
             len(self.inbound) >= self.inbound_max_items
             or self.inbound_bytes + size > self.inbound_max_bytes
         ):
+            if self._room is None:
+                self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
         if not self.finishing:
@@ -411,10 +415,11 @@ class _Session:
         """Handle, in order, what was queued while this task finished a handler."""
         inbound = self.inbound
         while inbound:
-            item = inbound.popleft()
+            item = inbound.pop(0)
             if type(item) is str:
                 self.inbound_bytes -= len(item)
-            self._room.set()
+            if self._room is not None:
+                self._room.set()
             if item is _END:
                 self._ended()
                 return
