@@ -226,8 +226,6 @@ class Outbox:
         """
         if not self._open:
             return False
-        if message["type"] == "websocket.close":
-            self._open = False
         # At most one unfinished write per sender: a middleware's cancel scopes, entered by
         # a write's first step, must be left in the order they were entered.
         if (
@@ -263,6 +261,12 @@ class Outbox:
         elif pending is not None and self.behind:
             pending.append(self)
         return True
+
+    def offer_close(self, message: Message, pending: list[Any] | None) -> None:
+        """Queue the close frame after what is queued; nothing is taken after it."""
+        if self._open:
+            self.offer(message, pending)
+            self._open = False
 
     async def wait_for_room(self) -> None:
         """Wait while the connection is behind (bounded: a stalled writer closes it)."""

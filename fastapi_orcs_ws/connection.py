@@ -214,7 +214,7 @@ class Connection:
         self._state = ConnectionState.CLOSING
         self._server_closed = True
         message = {"type": "websocket.close", "code": code, "reason": truncate_reason(reason)}
-        self._outbox.offer(message, pending)
+        self._outbox.offer_close(message, pending)
 
     # -- driven by the session -----------------------------------------------------------------
 
