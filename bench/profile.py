@@ -251,7 +251,12 @@ def profile_cprofile(name: str, duration: float) -> dict[str, Any]:
         spec.update(saved)
     if not out.exists():
         return {"error": "cProfile wrote nothing"}
-    return {"echo": result, "buckets": dict(read_cprofile(out)), "raw": str(out)}
+    return {
+        "echo": result,
+        "buckets": dict(read_cprofile(out)),
+        "raw": str(out),
+        "unit": "us of self time (C functions such as json and transport.write count as other)",
+    }
 
 
 def summary(name: str, p: dict[str, Any]) -> list[str]:
@@ -266,7 +271,7 @@ def summary(name: str, p: dict[str, Any]) -> list[str]:
     lines = [
         f"  {name}: {e['round_trips_per_s']:,.0f} round trips/s, server CPU "
         f"{e['server_cpu_pct'][0]:.0f} %, {per_rt_us:.1f} us of server CPU per round trip, "
-        f"{total:,} samples, load {e.get('load_end', ['-'])[0]}"
+        f"{total:,} {p.get('unit', 'samples')}, load {e.get('load_end', ['-'])[0]}"
     ]
     for b in BUCKETS:
         share = p["buckets"].get(b, 0) / total

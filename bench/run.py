@@ -284,9 +284,12 @@ class Server:
             ]
         if self.spec.get("cprofile") and "uvicorn" in cmd:
             # bench.profile --tool cprofile: the same uvicorn command line under cProfile
+            # (-P: see the script's docstring; uvicorn still puts --app-dir, "" = the
+            # working directory, on sys.path for the app)
             i = cmd.index("uvicorn")
             script = str(ROOT / "bench" / "_cprofile_uvicorn.py")
-            cmd = [*cmd[: i - 1], script, self.spec["cprofile"], *cmd[i + 1 :]]
+            head = [PY, "-P"]
+            cmd = [*head, script, self.spec["cprofile"], *cmd[i + 1 :]]
         full_env = {
             **os.environ,
             "PORT": str(self.port),
