@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fastapi_orcs_ws import Connection, WebSocketRouter, WebSocketSettings
 from fastapi_orcs_ws.auth import AuthOptions, User, current_user, optional_user
+from fastapi_orcs_ws.routing import managers_of
 from fastapi_orcs_ws.testing import LiveServer, mint_token, serve
 
 from .tokens import b64, hand_made, rsa_key_pair
@@ -158,6 +159,7 @@ class Server:
 def servers() -> Iterator[Callable[[str], Server]]:
     """Start each configuration's uvicorn once, on first use; each test gets empty calls."""
     started: dict[str, Server] = {}
+    managers: dict[str, list[Any]] = {}
     with contextlib.ExitStack() as stack:
 
         def get(name: str) -> Server:
@@ -165,8 +167,16 @@ def servers() -> Iterator[Callable[[str], Server]]:
                 calls = Calls()
                 values, uvicorn_options = CONFIGS[name]
                 settings = WebSocketSettings(auth_enabled=True, **values)
-                live = stack.enter_context(serve(build_app(settings, calls), **uvicorn_options))
+                app = build_app(settings, calls)
+                live = stack.enter_context(serve(app, **uvicorn_options))
                 started[name] = Server(live, calls)
+                managers[name] = list(managers_of(app))
+            # The previous test's connections must be gone (their disconnect handlers run)
+            # before this test's record starts.
+            deadline = time.monotonic() + 10
+            while any(m.local_connections for m in managers[name]):
+                assert time.monotonic() < deadline, "connections of an earlier test linger"
+                time.sleep(0.01)
             started[name].calls.clear()
             return started[name]
 
