@@ -313,12 +313,19 @@ def page_of(
 
 
 class Hold:
-    """Live frames of one room held back for one client while its replay is written."""
+    """Live frames of one room held back for one client while its replay is written.
 
-    __slots__ = ("frames",)
+    Once the replay is written, ``floor`` is the last offset the client got: a frame that
+    reaches this process later but was already replayed (read from the history before its
+    own delivery arrived, as pub/sub can lag behind the history read) is dropped; the first
+    frame past the floor ends the hold, since a room's frames arrive in offset order.
+    """
+
+    __slots__ = ("floor", "frames")
 
     def __init__(self) -> None:
         self.frames: list[tuple[int, str]] = []
+        self.floor: int | None = None
 
 
 def held_recipients(
@@ -393,7 +400,8 @@ async def join_and_recover(
             for offset, frame in sorted(hold.frames, key=_offset_key):
                 if offset > last and conn.deliver({"type": "websocket.send", "text": frame}, None):
                     last = offset
-            _drop_hold(holds, client_id, room, hold)
+            hold.frames.clear()
+            hold.floor = last  # kept until a frame past it arrives (see Hold)
             hold = None
     finally:
         if hold is not None:

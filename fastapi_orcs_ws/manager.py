@@ -781,6 +781,7 @@ class WebSocketManager:
 
     async def _unregister(self, conn: Connection) -> None:
         client_id = conn.data.client_id
+        self._holds.pop(client_id, None)  # a recovery's floor ends with its connection
         if self._presence_rooms:
             # Membership is still in place: the leave events go to the others, once.
             try:
@@ -893,8 +894,17 @@ class WebSocketManager:
         taken: list[str] = []
         limit = self.settings.send_queue_size
         for client_id in held:
-            hold = self._holds[client_id].get(room)
+            rooms = self._holds[client_id]
+            hold = rooms.get(room)
             if hold is None:
+                continue
+            if hold.floor is not None:  # replay written: drop what it already had
+                if offset <= hold.floor:
+                    taken.append(client_id)
+                    continue
+                del rooms[room]  # past the floor: live delivery as usual from now on
+                if not rooms:
+                    del self._holds[client_id]
                 continue
             taken.append(client_id)
             if len(hold.frames) >= limit:
