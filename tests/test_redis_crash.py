@@ -36,8 +36,9 @@ BOUND = NODE_TTL + HEARTBEAT
 # After a claim, any second run would start within a heartbeat or two: wait that long
 # before asserting that something did not happen.
 QUIET = 3 * HEARTBEAT
-# Frames in Redis's buffers at the instant of a crash (one every 10 ms here): measured 0-1.
-IN_FLIGHT = 2
+# Frames in Redis's buffers at the instant of a crash (one every 10 ms here): measured 0-2 on a
+# quiet machine, up to 5 with both cores saturated (docs/scaling.md says so).
+IN_FLIGHT = 5
 
 
 class Cluster:
@@ -276,6 +277,9 @@ async def _outage_while_pumping(
     total = sent + probes
     got = [n for n in ticks(pb) if n >= first]
     assert len(got) == len(set(got)), "a frame was delivered twice"
+    # a's own client gets room frames through Redis too (frames with a position, in offset
+    # order), so the last probe may reach it a moment after b.
+    await eventually(lambda: max(ticks(pa)) >= first + total - 1, what="a's last probe")
     assert [n for n in ticks(pa) if n >= first] == list(range(first, first + total))
     missed = total - len(got)
     after = await a.stats()
