@@ -293,6 +293,6 @@ async def _outage_while_pumping(
     # Exact, but for frames Redis had already accepted for b when the outage hit (in its
     # buffers, or in flight): those are lost without anyone knowing (docs/scaling.md).
     in_flight = behind + IN_FLIGHT
-    assert missed > in_flight, "the outage lost too little to tell counted from uncounted"
+    assert missed > behind, "the outage lost too little to tell counted from uncounted"
     assert missed - in_flight <= failed + lost <= missed + IN_FLIGHT, after
     return total
