@@ -230,6 +230,12 @@ async def test_disconnect_user_reaches_the_users_sockets_on_every_redis_node(
             assert (await http.post("/logout/alice")).json() == {"closed": 1}
             assert await closed_with(on_a) == (4401, "logged out")
             assert await closed_with(on_b) == (4401, "logged out")
+            # The close frame goes out first; each node then removes its client from the
+            # rooms in Redis: wait for that (bounded) before counting the room.
+            async with WebSocketManager(backend=redis_server.url) as reader:  # a worker
+                with anyio.fail_after(10):
+                    while len(await reader.get_room_clients("lobby")) != 1:
+                        await anyio.sleep(0.02)
             await send(bob_b, "say", {"room": "lobby", "text": "hi"}, id=1)
             frames = [await recv(bob_b), await recv(bob_b)]
             assert {f["event"] for f in frames} == {"said", "ack"}
