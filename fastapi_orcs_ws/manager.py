@@ -134,9 +134,7 @@ class WebSocketManager:
             if v is not None
         }
         base = settings if settings is not None else WebSocketSettings()
-        self.settings: WebSocketSettings = (
-            base.model_copy(update=overrides) if overrides else base
-        )
+        self.settings: WebSocketSettings = base.model_copy(update=overrides) if overrides else base
         if backend is None:
             backend = self.settings.backend_url
         self.backend: Backend = backend_from_url(backend) if isinstance(backend, str) else backend
@@ -1026,32 +1024,24 @@ def user_key_of(user: Any, claims: Any) -> str | None:
     return None if user_id is None else str(user_id)
 
 
+def _str_id(value: object, kind: str, hint: str = "") -> str:
+    # One rule on every backend: ids are str (42 and "42" would be one room in Redis and two
+    # in memory). A str subclass (an enum member) counts as its plain value.
+    if isinstance(value, str):
+        return str.__str__(value)
+    raise TypeError(f"{kind} ids are str, not {type(value).__name__} ({_short_repr(value)}){hint}")
+
+
 def _room(room: object) -> str:
-    # One rule on every backend: a room id is a str (42 and "42" would be one room in
-    # Redis and two in memory). A str subclass (an enum member) counts as its value.
-    if isinstance(room, str):
-        return str.__str__(room)
-    raise TypeError(
-        f"room ids are str, not {type(room).__name__} ({_short_repr(room)}): "
-        "convert it yourself, e.g. str(room)"
-    )
+    return _str_id(room, "room", ": convert it yourself, e.g. str(room)")
 
 
 def _client_id(client_id: object) -> str:
-    if isinstance(client_id, str):
-        return str.__str__(client_id)
-    raise TypeError(
-        f"client ids are str, not {type(client_id).__name__} ({_short_repr(client_id)})"
-    )
+    return _str_id(client_id, "client")
 
 
 def _user_id(user_id: object) -> str:
-    if isinstance(user_id, str):
-        return str.__str__(user_id)
-    raise TypeError(
-        f"user ids are str, not {type(user_id).__name__} ({_short_repr(user_id)}): "
-        "pass str(user_id)"
-    )
+    return _str_id(user_id, "user", ": pass str(user_id)")
 
 
 def _short_repr(value: object) -> str:
