@@ -161,6 +161,9 @@ class RedisBackend(Backend):
         self._info: dict[str, str] = {}  # client -> JSON info, kept for reaping and re-sync
         self._closing: set[str] = set()  # local clients whose disconnect logic started
         self._removed: set[str] = set()  # removed here; not yet known to be removed in Redis
+        # Removed while a resync ran: its chunks, taken from an earlier view, may have
+        # written them back, so they are removed again once it ends.
+        self._removed_in_sync: set[str] | None = None
         self._claims: set[str] = set()  # vanished clients this node claimed, not yet finished
         self._in_handler: set[str] = set()  # claimed clients whose disconnect logic runs now
         self._peers = "{}"  # JSON {node: clients it holds} of the live peers at the last sweep
@@ -349,6 +352,8 @@ class RedisBackend(Backend):
         self._mutations += 1
         # Until Redis confirms, a resync must not mistake it for a client of a dead run.
         self._removed.add(client_id)
+        if self._removed_in_sync is not None:
+            self._removed_in_sync.add(client_id)
         if self._redis is None:
             return
         try:
@@ -725,6 +730,30 @@ class RedisBackend(Backend):
 
     async def _sync(self) -> None:
         """Make Redis hold this node's view, in bounded chunks; hand strays over."""
+        outer = self._removed_in_sync
+        removed: set[str] = set()
+        self._removed_in_sync = removed
+        try:
+            await self._write_view()
+        finally:
+            self._removed_in_sync = outer
+            if outer is not None:
+                outer |= removed
+        # A chunk written from the earlier view may have put a client removed meanwhile back.
+        again = removed - self._index.client_rooms.keys()
+        self._removed |= again
+        try:
+            for cid in again:
+                await self._remove(cid)
+                self._removed.discard(cid)
+        except BackendError:
+            self._dirty = True  # what is left in _removed is removed by the next sync
+            raise
+        await self._hand_over_strays("node-clients:", "hand_over_clients", self._index.client_rooms)
+        await self._hand_over_strays("claims:", "hand_over_claims", self._claims)
+        self._synced = True
+
+    async def _write_view(self) -> None:
         before = self._mutations
         self._dirty = False
         entries: list[list[Any]] = []
@@ -732,6 +761,8 @@ class RedisBackend(Backend):
         extra: list[str] = []
         view = [(cid, list(rooms)) for cid, rooms in self._index.client_rooms.items()]
         for cid, rooms in view:
+            if cid not in self._index.client_rooms:
+                continue  # removed since the view was taken (a chunk write awaited)
             info, closing = self._info.get(cid, ""), int(cid in self._closing)
             for start in range(0, max(len(rooms), 1), CHUNK):
                 part = rooms[start : start + CHUNK]
@@ -745,9 +776,6 @@ class RedisBackend(Backend):
             extra += await self._run("sync", self.node_id, json.dumps(entries))
         for cid in extra:  # Redis has it in rooms it left here: leave them there too
             await self._leave_stray_rooms(cid)
-        await self._hand_over_strays("node-clients:", "hand_over_clients", self._index.client_rooms)
-        await self._hand_over_strays("claims:", "hand_over_claims", self._claims)
-        self._synced = True
         if self._mutations != before:
             self._dirty = True  # changed meanwhile: write again on the next beat
 
