@@ -25,7 +25,7 @@ from fastapi_orcs_ws import BackendError, ConfigurationError, WebSocketManager
 from fastapi_orcs_ws.backends import backend_from_url
 from fastapi_orcs_ws.backends import redis as redis_backend
 from fastapi_orcs_ws.backends.redis import RedisBackend
-from tests.redis_helpers import RedisServer, eventually
+from tests.redis_helpers import RedisServer, eventually, redis_call
 
 pytestmark = [pytest.mark.redis, pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -534,6 +534,90 @@ async def test_frames_for_a_node_that_is_not_listening_are_counted(
     assert a.events("a1", "m") == [None] and a.events("a1", "all") == [None]
     assert b.frames == {}
     assert "lost frames" in caplog.text
+
+
+def hold_heartbeats(node: FakeNode, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's heartbeat script never completes: Redis does not hear from it again."""
+    original = node.backend._run
+
+    async def holding(script: str, *args: str) -> Any:
+        if script == "heartbeat":
+            await asyncio.Event().wait()  # cancelled when the backend stops
+        return await original(script, *args)
+
+    monkeypatch.setattr(node.backend, "_run", holding)
+
+
+async def stop_listening(node: FakeNode) -> None:
+    listener = node.backend._tasks[0]
+    listener.cancel()  # its subscription is down (the node itself is alive)
+    await asyncio.wait([listener], timeout=5)
+    channel = node.backend.prefix + "node:" + node.name
+
+    async def unsubscribed() -> bool:
+        assert node.backend._redis is not None
+        return int((await node.backend._redis.pubsub_numsub(channel))[0][1]) == 0
+
+    await eventually(unsubscribed, what="the subscription gone")
+
+
+async def test_after_redis_lost_its_data_frames_reach_peers_or_are_counted(
+    redis_server: RedisServer, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis forgot every node (FLUSHALL: an empty restart without a connection drop) and no
+    node has beaten since: room routing is empty, so the sender's own absence from the node
+    set is what tells it that routing is incomplete. Frames go to every node; those for a
+    peer the sender knew that is not listening are counted as lost."""
+    a, b = await cluster.node("a"), await cluster.node("b")
+    await a.connect("a1", CHAT, "lobby")
+    await b.connect("b1", CHAT, "lobby")
+    await b.connect("b2", CHAT, "lobby")
+    await eventually(lambda: json.loads(a.backend._peers).get("b") == 2, what="a knows b")
+    hold_heartbeats(a, monkeypatch)
+    hold_heartbeats(b, monkeypatch)
+    await redis_call(redis_server.port, "FLUSHALL")
+    await a.backend.publish_room("lobby", frame("m"), ())
+    await eventually(lambda: b.events("b1", "m") == [None] == b.events("b2", "m"), what="m at b")
+    assert a.events("a1", "m") == [None]
+    assert (await a.backend.stats()).frames_lost == 0
+    await stop_listening(b)
+    # Redis no longer knows which of b's clients are in the room: at least one is counted.
+    await a.backend.publish_room("lobby", frame("n"), ())
+    assert (await a.backend.stats()).frames_lost == 1
+    await a.backend.publish_all(frame("all"), ())  # b's two clients, as a knew them
+    assert (await a.backend.stats()).frames_lost == 1 + 2
+    assert not await a.backend.publish_client("b1", frame("dm"))
+    assert (await a.backend.stats()).frames_lost == 1 + 2 + 1  # its owner is unknown
+    assert b.events("b1", "n") == []
+
+
+async def test_peers_known_before_redis_lost_its_data_are_counted_until_they_return(
+    redis_server: RedisServer, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a beats first after Redis lost its data; b has neither beaten nor resubscribed yet.
+    Redis knows only a, yet a's frames for b's members are counted as lost, not dropped
+    silently; once b is back, they reach it again and nothing is counted."""
+    a, b = await cluster.node("a"), await cluster.node("b")
+    await a.connect("a1", CHAT, "lobby")
+    await b.connect("b1", CHAT, "lobby")
+    await eventually(lambda: json.loads(a.backend._peers).get("b") == 1, what="a knows b")
+    hold_heartbeats(b, monkeypatch)
+    await stop_listening(b)
+    beats = a.backend._beats
+    await redis_call(redis_server.port, "FLUSHALL")
+    # Two of a's beats: one re-registers a (and sweeps), the next sweeps again.
+    await eventually(lambda: a.backend._beats >= beats + 2, within=10, what="a beats again")
+    assert await redis_call(redis_server.port, "SMEMBERS", a.backend.prefix + "nodes") == {"a"}
+    assert json.loads(a.backend._peers).get("b") == 1
+    await a.backend.publish_room("lobby", frame("m"), ())
+    assert (await a.backend.stats()).frames_lost == 1
+    monkeypatch.undo()
+    await b.backend.stop()
+    b2 = await cluster.node("b")  # b comes back (a new run under the same id)
+    await b2.connect("b9", CHAT, "lobby")
+    await a.backend.publish_room("lobby", frame("back"), ())
+    await eventually(lambda: b2.events("b9", "back") == [None], what="b is back")
+    assert (await a.backend.stats()).frames_lost == 1
 
 
 async def test_redis_outage_local_delivery_continues_failures_counted_state_restored(

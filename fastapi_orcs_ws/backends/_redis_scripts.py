@@ -136,6 +136,12 @@ end
 local function listening(node)
   return redis.call('PUBSUB', 'NUMSUB', P..'node:'..node)[2] > 0
 end
+-- Room routing misses nodes: Redis lost its data and the nodes are writing their membership
+-- back (resyncing), or it has not even heard from the sender since (Redis forgot the sender:
+-- no node has beaten yet, so nothing says routing is incomplete but the sender's own absence).
+local function routing_incomplete(self)
+  return redis.call('EXISTS', P..'resyncing') == 1 or redis.call('SISMEMBER', P..'nodes', self) == 0
+end
 local function is_excluded(set, list)
   local n = 0
   for _, cid in ipairs(list) do
@@ -153,9 +159,10 @@ local function route_room(room, self, msg, excluded, peers_json, include_self)
   local flat = redis.call('HGETALL', P..'room-nodes:'..room)
   for i = 1, #flat, 2 do counts[flat[i]] = tonumber(flat[i + 1]) end
   local lost = 0
-  if redis.call('EXISTS', P..'resyncing') == 1 then
+  if routing_incomplete(self) then
     -- Redis lost its data moments ago and is being refilled: room routing is incomplete,
-    -- so every node gets the frame and keeps it for its own members
+    -- so every node gets the frame and keeps it for its own members; a peer the sender knew
+    -- before that is not listening counts as lost (its members in the room, or at least one)
     redis.call('PUBLISH', P..'all', msg)
     local peers = cjson.decode(peers_json)
     for _, node in ipairs(redis.call('SMEMBERS', P..'nodes')) do
@@ -316,7 +323,7 @@ local held = {}
 for _, node in ipairs(redis.call('SMEMBERS', P..'nodes')) do
   held[node] = redis.call('SCARD', P..'node-clients:'..node)
 end
-if redis.call('EXISTS', P..'resyncing') == 1 then
+if routing_incomplete(self) then
   for node, count in pairs(cjson.decode(ARGV[5])) do
     if held[node] == nil or held[node] < count then held[node] = count end
   end
@@ -327,10 +334,14 @@ for node, count in pairs(held) do
 end
 return {n, lost}""",
     # ARGV: P, cid, self, message
-    # -> {1 sent, 0 unknown or vanished client, -1 owned by self; 1 if nobody listened}
+    # -> {1 sent, 0 unknown or vanished client, -1 owned by self;
+    #     1 if nobody listened, 2 if Redis forgot the sender (lost its data): owner unknown}
     "send": """
 local owner = redis.call('HGET', P..'owner', ARGV[2])
-if not owner then return {0, 0} end
+if not owner then
+  if redis.call('SISMEMBER', P..'nodes', ARGV[3]) == 0 then return {0, 2} end
+  return {0, 0}
+end
 if owner == ARGV[3] then return {-1, 0} end
 if redis.call('HEXISTS', P..'vanished', ARGV[2]) == 1
     or redis.call('HEXISTS', P..'claimed', ARGV[2]) == 1

@@ -97,6 +97,11 @@ SUBSCRIBE_TIMEOUT = 5.0
 """Seconds `RedisBackend.start` waits for its subscription when Redis answers."""
 LEAVE_DEADLINE = 5.0
 """Seconds `RedisBackend.stop` spends handing this node's clients over."""
+_UNROUTED = {
+    1: "its node is not listening",
+    2: "Redis lost its data and has not heard from this node since (its owner is unknown)",
+}
+"""Why the ``send`` script could not deliver, by the code it returns."""
 LOSS_LOG_INTERVAL = 5.0
 """Seconds between two warnings about lost frames (each says how many since the last)."""
 FULL = "full"
@@ -167,6 +172,10 @@ class RedisBackend(Backend):
         self._claims: set[str] = set()  # vanished clients this node claimed, not yet finished
         self._in_handler: set[str] = set()  # claimed clients whose disconnect logic runs now
         self._peers = "{}"  # JSON {node: clients it holds} of the live peers at the last sweep
+        # After Redis forgot this node: the peers it knew before, kept in _peers until they
+        # have had time to register again (monotonic deadline), so frames for a peer that is
+        # not listening yet are counted as lost even though Redis does not know that peer.
+        self._peers_before: tuple[float, dict[str, int]] | None = None
         self._token = uuid.uuid4().hex  # this run of the process, in its heartbeat key
         self._beats = 0
         self._synced = False  # a full sync of this run succeeded (strays were handed over)
@@ -500,7 +509,7 @@ class RedisBackend(Backend):
             return False
         sent, lost = result
         if lost:
-            self._lost(1, f"a frame to {client_id}: its node is not listening")
+            self._lost(1, f"a frame to {client_id}: {_UNROUTED[int(lost)]}")
             return False
         return bool(sent == 1)
 
@@ -510,7 +519,7 @@ class RedisBackend(Backend):
         message = self._message("close", c=client_id, code=code, reason=reason)
         sent, lost = await self._run("send", client_id, self.node_id, message)
         if lost:
-            self._lost(1, f"the close of {client_id}: its node is not listening")
+            self._lost(1, f"the close of {client_id}: {_UNROUTED[int(lost)]}")
             return False
         return bool(sent == 1)
 
@@ -709,6 +718,8 @@ class RedisBackend(Backend):
                     self.node_id,
                 )
             if registered and self._beats:
+                deadline = time.monotonic() + self.node_ttl + self.heartbeat
+                self._peers_before = (deadline, json.loads(self._peers))
                 logger.warning(
                     "redis forgot node %s (it restarted empty, or reaped this node while it "
                     "was cut off); rewriting its membership, room frames go to every node "
@@ -835,9 +846,14 @@ class RedisBackend(Backend):
                 )
             except BackendError:
                 return
-            self._peers = json.dumps(
-                {str(n): int(c) for n, c in zip(peers[::2], peers[1::2], strict=True)}
-            )
+            known = {str(n): int(c) for n, c in zip(peers[::2], peers[1::2], strict=True)}
+            if self._peers_before is not None:
+                deadline, before = self._peers_before
+                if time.monotonic() < deadline:
+                    known = before | known
+                else:
+                    self._peers_before = None
+            self._peers = json.dumps(known)
             for node, moved, done in dead:
                 if done:
                     self._reaped += 1
