@@ -175,6 +175,17 @@ def test_full_path_parameters_docstrings_and_auth(validator: jsonschema.Draft7Va
     assert {ref["$ref"].rsplit("/", 1)[-1] for ref in operation["security"]} == set(schemes)
 
 
+def test_a_routes_subprotocols_are_in_its_channel() -> None:
+    router = WebSocketRouter()
+    router.ws("/ws/v", {"ping": lambda: None}, subprotocols=["chat.v2", "chat.v1"])
+    router.ws("/ws/plain", {"ping": lambda: None})
+    app = FastAPI()
+    app.include_router(router)
+    channels = {c["address"]: c for c in asyncapi_document(app)["channels"].values()}
+    assert channels["/ws/v"]["x-subprotocols"] == ["chat.v2", "chat.v1"]
+    assert "x-subprotocols" not in channels["/ws/plain"]
+
+
 def test_routes_without_auth_carry_no_security() -> None:
     doc = asyncapi_document(make_app(auth=False))
     (channel,) = doc["channels"].values()

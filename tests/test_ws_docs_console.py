@@ -240,6 +240,33 @@ def test_token_goes_in_the_subprotocol_behind_a_prefix_and_root_path(browser: An
         assert "token was refused" in console.locator(".status").inner_text()
 
 
+def test_the_console_offers_the_routes_subprotocols(browser: Any) -> None:
+    router = WebSocketRouter(settings=WebSocketSettings(jwt_secret=SECRET))
+    router.ws("/ws/talk", {"say": say}, subprotocols=["chat.v2", "chat.v1"])
+    app = FastAPI(title="versioned")
+    app.include_router(router)
+    with serve(app) as live, page_opener(browser) as open_page:
+        _, console = open_console(open_page, f"{live.http_url}/ws-docs", "/ws/talk")
+        field = console.locator("input.subprotocols")
+        assert field.input_value() == "chat.v2, chat.v1"
+        connect(console, token=mint_token("alice", secret=SECRET))
+        assert "subprotocol chat.v2" in console.locator(".status").inner_text()
+        send(console, "say", json.dumps("hi"))
+        assert answer(console, 1).locator(".result").inner_text() == 'ack "alice said hi"'
+        console.locator("button.connect").click()  # disconnect
+        console.locator('.status[data-state="closed"]').wait_for()
+
+        field.fill("chat.v1")
+        connect(console)
+        assert "subprotocol chat.v1" in console.locator(".status").inner_text()
+        console.locator("button.connect").click()
+        console.locator('.status[data-state="closed"]').wait_for()
+
+        field.fill("chat.v9")  # one the route does not speak: refused at the handshake
+        console.locator("button.connect").click()
+        console.locator('.status[data-state="failed"]').wait_for()
+
+
 def test_the_setting_turns_the_console_off(browser: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WS_DOCS_CONSOLE", "false")
     router = WebSocketRouter()

@@ -311,6 +311,9 @@ class _Builder:
             if parameters:
                 body["parameters"] = parameters
             body["x-auth"] = channel.auth
+            if channel.route.subprotocols:
+                # RFC 6455 Sec-WebSocket-Protocol values the route speaks, preferred first.
+                body["x-subprotocols"] = list(channel.route.subprotocols)
             if channel.auth["verifiable"]:
                 body["bindings"] = {"ws": _ws_binding()}
             for message in channel.messages:
