@@ -167,6 +167,7 @@ class Outbox:
         "_context",
         "_high_bytes",
         "_high_frames",
+        "_on_gone",
         "_on_stalled",
         "_open",
         "_policy",
@@ -183,11 +184,13 @@ class Outbox:
         *,
         context: contextvars.Context,
         on_stalled: Callable[[str], None],
+        on_gone: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._send = send
         self._policy = policy
         self._context = context
         self._on_stalled = on_stalled
+        self._on_gone = on_gone
         # A list, not a deque: an empty deque costs ~600 bytes on every idle connection; the
         # queue is short (bounded) and only used while a client is behind.
         self._queue: list[Message] = []
@@ -340,6 +343,8 @@ class Outbox:
         # The reader learns how it ended (the peer's close frame or a lost transport).
         logger.debug("write failed, peer gone: %r", exc)
         self.drop()
+        if self._on_gone is not None:
+            self._on_gone(exc)
 
     def _stalled(self, why: str) -> None:
         was_open = self._open

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 
 from ._observer import utf8_size
 from ._outbox import AsgiSend, Message, Outbox, SendPolicy, settle
@@ -22,6 +23,33 @@ if TYPE_CHECKING:
 __all__ = ["Connection", "ConnectionData", "ConnectionState"]
 
 logger = logging.getLogger("fastapi_orcs_ws")
+
+_CONNECTED = WebSocketState.CONNECTED
+
+
+def starlette_send(websocket: WebSocket) -> AsgiSend:
+    """``websocket.send`` without Starlette's coroutine layer on the common path.
+
+    A ``websocket.send`` message while Starlette's state says connected goes to the ASGI
+    ``send`` directly (Starlette's ``WebSocket.send`` checks only that); everything else
+    (the close frame, any other state) goes through ``websocket.send``. Starlette also
+    records a failed write (an ``OSError``) as ``DISCONNECTED`` and raises
+    ``WebSocketDisconnect``; the outbox treats both as the peer gone, and the connection
+    records the state (`Connection._peer_gone`).
+    """
+    full = websocket.send
+    raw = getattr(websocket, "_send", None)
+    if raw is None or not inspect.iscoroutinefunction(raw):
+        # Its first step must run inside the outbox's context: only a coroutine function
+        # is known to run nothing when called.
+        return full
+
+    def send(message: Message) -> Coroutine[Any, Any, None]:
+        if websocket.application_state is _CONNECTED and message["type"] == "websocket.send":
+            return raw(message)  # type: ignore[no-any-return]
+        return full(message)
+
+    return send
 
 
 @dataclass(slots=True)
@@ -101,6 +129,7 @@ class Connection:
             policy,
             context=context if context is not None else contextvars.copy_context(),
             on_stalled=self._stalled,
+            on_gone=self._peer_gone,
         )
         self.close_code: int | None = None
         """How the connection ended: the code of the first close frame either side sent,
@@ -165,7 +194,17 @@ class Connection:
         Raises:
             EncodeError: ``payload`` cannot be encoded as strict JSON.
         """
-        return await self.send_frame_async(self.data.manager.encode_event(event, payload))
+        manager = self.data.manager
+        frame = manager.encode_event(event, payload)
+        # `send_frame_async`, inlined: one coroutine less on every send.
+        pending: list[Any] = []
+        sent = self._outbox.offer({"type": "websocket.send", "text": frame}, pending)
+        if pending:
+            await settle(pending)
+        obs = manager.observer
+        if obs is not None and sent:
+            obs.frames_sent(1, utf8_size(frame))
+        return sent
 
     async def send_frame_async(self, frame: str) -> bool:
         """`send` for an already-encoded text frame."""
@@ -229,6 +268,12 @@ class Connection:
     def on_stalled(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the client is dropped as a slow consumer (the session ends)."""
         self._on_stalled = callback
+
+    def _peer_gone(self, exc: BaseException) -> None:
+        if isinstance(exc, OSError):
+            # A write through `starlette_send` that bypassed Starlette's `WebSocket.send`:
+            # the state it would have recorded.
+            self.websocket.application_state = WebSocketState.DISCONNECTED
 
     def _stalled(self, why: str) -> None:
         self._server_closed = True

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +42,7 @@ _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_O
 
 # What an injected parameter receives.
 _CONN, _PAYLOAD, _MANAGER, _WEBSOCKET = range(4)
+_CONN_PAYLOAD = (_CONN, _PAYLOAD)
 
 
 class InvalidPayload(Exception):
@@ -74,6 +75,30 @@ class EventHandler:
     """Injected values passed by position, in order."""
     keywords: tuple[tuple[str, int], ...]
     """Injected values passed by name."""
+    direct: bool = False
+    """An ``async def`` handler without FastAPI parameters: `start` calls it directly."""
+
+    def start(self, conn: Connection, raw_payload: Any) -> Awaitable[Any]:
+        """What ``await handler(conn, raw_payload)`` awaits, without a coroutine of its own
+        for a ``direct`` handler (most handlers): the payload is validated here (raising
+        `InvalidPayload`) and the handler's own coroutine is returned."""
+        if not self.direct:
+            return self(conn, raw_payload)
+        payload = raw_payload
+        if self.adapter is not None:
+            try:
+                payload = self.adapter.validate_python(raw_payload)
+            except ValidationError as exc:
+                raise InvalidPayload(exc) from None
+        positional = self.positional
+        if positional == _CONN_PAYLOAD and not self.keywords:
+            return self.func(conn, payload)  # type: ignore[no-any-return]
+        args = [
+            conn if kind == _CONN else payload if kind == _PAYLOAD else _value(kind, conn)
+            for kind in positional
+        ]
+        kwargs = {name: _value(kind, conn, payload) for name, kind in self.keywords}
+        return self.func(*args, **kwargs)  # type: ignore[no-any-return]
 
     async def __call__(self, conn: Connection, raw_payload: Any) -> Any:
         payload = raw_payload
@@ -205,15 +230,17 @@ def compile_handler(event: str, func: Callable[..., Any], *, path: str = "") -> 
     dependencies = (
         EventDependencies(fastapi_params, path=path, label=label) if fastapi_params else None
     )
+    is_async = _is_async(func)
     return EventHandler(
         event=event,
         func=func,
         payload_type=payload_type,
         adapter=adapter,
         dependencies=dependencies,
-        is_async=_is_async(func),
+        is_async=is_async,
         positional=tuple(positional),
         keywords=tuple(keywords),
+        direct=is_async and dependencies is None,
     )
 
 

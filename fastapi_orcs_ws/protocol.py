@@ -22,6 +22,11 @@ from pydantic_core import from_json, to_json
 
 from .errors import EncodeError
 
+try:  # optional (the `orjson` extra): a faster encoder for plain JSON values
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the suite runs with and without it
+    _orjson = None  # type: ignore[assignment]
+
 __all__ = [
     "CloseCode",
     "Envelope",
@@ -138,6 +143,16 @@ def encode(
         body["offset"] = offset
     if epoch is not None:
         body["epoch"] = epoch
+    if _orjson is not None:
+        try:
+            data = _orjson.dumps(body, default=_not_plain, option=_ORJSON_PLAIN)
+        except TypeError:  # orjson.JSONEncodeError too: not plain JSON, left to pydantic
+            pass
+        else:
+            # orjson writes exactly what pydantic writes for plain JSON values, except NaN and
+            # infinities, which it writes as null: a frame with a null takes pydantic's path.
+            if data.find(b"null") < 0:
+                return data.decode()
     try:
         data = to_json(body)
     except (ValueError, TypeError, RecursionError) as exc:  # PydanticSerializationError too
@@ -159,6 +174,23 @@ def encode(
                 event=event,
             )
     return data.decode()
+
+
+# orjson serialises these itself, differently from pydantic (datetimes, dataclasses,
+# subclasses of str, int, dict and list): handed to `_not_plain`, which gives them to pydantic.
+_ORJSON_PLAIN = (
+    (
+        _orjson.OPT_PASSTHROUGH_DATETIME
+        | _orjson.OPT_PASSTHROUGH_DATACLASS
+        | _orjson.OPT_PASSTHROUGH_SUBCLASS
+    )
+    if _orjson is not None
+    else 0
+)
+
+
+def _not_plain(value: Any) -> Any:
+    raise TypeError("not a plain JSON value")
 
 
 _OFFSET_KEY = ',"offset":'
@@ -357,16 +389,8 @@ def _refuse_constant(name: str) -> Any:
 _EXPONENT = re.compile(r"e\+?\d{3}")  # a literal first char: re's fast scan
 _EXPONENT_ANY = re.compile(r"[eE]\+?\d{3}")
 _LONG_NUMBER = re.compile(r"\d{309}")
-
-
-def _may_overflow(text: str) -> bool:
-    """Whether ``text`` may hold a number past the float range: a 3-digit exponent, or 309+
-    digits. Cheap on the usual frame (well under a microsecond for a small one)."""
-    return (
-        _EXPONENT.search(text) is not None
-        or ("E" in text and _EXPONENT_ANY.search(text) is not None)
-        or (len(text) > 308 and _LONG_NUMBER.search(text) is not None)
-    )
+# Together: whether a frame may hold a number past the float range (a 3-digit exponent, or
+# 309+ digits). Cheap on the usual frame (well under a microsecond for a small one).
 
 
 def _finite_float(literal: str) -> float:
@@ -381,7 +405,13 @@ def _finite_float(literal: str) -> float:
 def decode_envelope(text: str) -> Envelope:
     """Decode and check one inbound text frame, or raise `ProtocolError`."""
     try:
-        if (len(text) > LARGE_FRAME_CHARS and not text.isascii()) or _may_overflow(text):
+        # A number that may be past the float range (the patterns above), or a long non-ASCII frame.
+        if (
+            (len(text) > LARGE_FRAME_CHARS and not text.isascii())
+            or _EXPONENT.search(text) is not None
+            or ("E" in text and _EXPONENT_ANY.search(text) is not None)
+            or (len(text) > 308 and _LONG_NUMBER.search(text) is not None)
+        ):
             # pydantic-core copies non-ASCII text to UTF-8 first: a 16 MiB frame would cost
             # 3-4x its size. The stdlib decoder builds only the result, and lets us refuse a
             # number past the float range (1e400), which would otherwise become infinity.
@@ -417,7 +447,7 @@ def decode_envelope(text: str) -> Envelope:
         raise ProtocolError(
             f'"id" is at most {MAX_ID_CHARS} characters', ErrorCode.INVALID_ENVELOPE
         )
-    return Envelope(event=event, payload=data.get("payload"), id=msg_id)
+    return Envelope(event, data.get("payload"), msg_id)  # by position: ~0.1 us less
 
 
 def validate_close_code(code: int) -> int:

@@ -32,7 +32,7 @@ import anyio
 from fastapi.exceptions import RequestValidationError, WebSocketRequestValidationError
 from starlette.exceptions import HTTPException, WebSocketException
 from starlette.responses import PlainTextResponse
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 
 from ._context import (
     SCOPE_AUTHENTICATOR,
@@ -44,7 +44,7 @@ from ._drain import refuse_draining
 from ._observer import utf8_size
 from ._outbox import Resume, SendPolicy
 from .auth import User
-from .connection import Connection, ConnectionData
+from .connection import Connection, ConnectionData, starlette_send
 from .errors import AuthenticationError, EventError
 from .handlers import EventHandler, InvalidPayload
 from .limits import TokenBucket
@@ -82,6 +82,8 @@ MAX_DETAIL_CHARS = 2000
 """An ``http_error`` reply's detail is cut to this many characters of JSON."""
 
 _END = object()
+_CONNECTED = WebSocketState.CONNECTED
+_DISCONNECTED = WebSocketState.DISCONNECTED
 _T = TypeVar("_T")
 
 
@@ -189,7 +191,7 @@ async def _serve(route: EventRoute, websocket: WebSocket, auth: AuthResult) -> N
     conn = Connection(
         websocket,
         data,
-        send=websocket.send,
+        send=starlette_send(websocket),
         policy=SendPolicy(
             max_frames=settings.send_queue_size,
             max_bytes=settings.send_queue_bytes,
@@ -284,6 +286,12 @@ class _Session:
 
     async def run(self, expires_at: datetime | None) -> None:
         route, conn = self.route, self.conn
+        connect = route.handler_for("connect")
+        if expires_at is None and connect is None and route.concurrency == 1:
+            # Nothing to run beside the reader: this task reads (one task fewer per idle
+            # connection). A handler that suspends makes `_read` open the task group then.
+            await self._read()
+            return
         self.finishing = True  # `connect` first: what arrives meanwhile waits for it
         # asyncio's task group: per connection it costs about 2 KiB less than anyio's.
         async with asyncio.TaskGroup() as tg:
@@ -291,7 +299,6 @@ class _Session:
             if expires_at is not None:
                 tg.create_task(self._expire(expires_at))
             tg.create_task(self._read())
-            connect = route.handler_for("connect")
             if connect is not None:
                 # A refused `connect` is an authorization gate: nothing sent is handled.
                 ok = await self._observed("connect", self._connect(connect))
@@ -315,16 +322,31 @@ class _Session:
     async def _read(self) -> None:
         """Read until the connection ends; run handlers inline while nothing is unfinished."""
         conn, receive, limit = self.conn, self.receive, self.limit
+        websocket = conn.websocket
+        # The ASGI receive itself while Starlette's state says connected: Starlette's
+        # `WebSocket.receive` checks only that (and the message type, below), at the cost of
+        # a coroutine per message and one held by every idle connection.
+        raw_receive = getattr(websocket, "_receive", None)
         obs, path = self.route.manager.observer, self.route.path
         concurrency = self.route.concurrency
         limiter = anyio.Semaphore(concurrency) if concurrency > 1 else None
         task = asyncio.current_task()
+        message: Any
+        item: Any
+        text: Any
+        coro: Any
+        step: Any
         while True:
             if self._stop:
                 return self._end_of_input()
             self._receiver = task
+            # Nothing of the last event is kept while waiting (memory of an idle connection).
+            message = item = text = coro = step = None
             try:
-                message = await receive()
+                if raw_receive is not None and websocket.client_state is _CONNECTED:
+                    message = await raw_receive()
+                else:
+                    message = await receive()
             except asyncio.CancelledError:
                 if not self._stop or task is None or not task.cancelling():
                     raise
@@ -334,6 +356,7 @@ class _Session:
                 self._receiver = None
             kind = message["type"]
             if kind == "websocket.disconnect":
+                websocket.client_state = _DISCONNECTED  # as Starlette's receive would
                 code = message.get("code", CloseCode.NORMAL)
                 if code == 1005 and "reason" not in message:
                     # uvicorn's report of a transport lost with no close frame.
@@ -341,13 +364,16 @@ class _Session:
                 conn.ended(code, message.get("reason") or "")
                 return self._end_of_input()
             if kind != "websocket.receive":
-                continue
+                raise RuntimeError(  # as Starlette's receive would
+                    'Expected ASGI message "websocket.receive" or "websocket.disconnect", '
+                    f"but got {kind!r}"
+                )
             text = message.get("text")
             if text is None:
                 if len(message.get("bytes") or b"") > limit:
                     await conn.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
                     continue
-                item: Any = _BINARY
+                item = _BINARY
             else:
                 item = text
                 if obs is not None:
@@ -377,7 +403,13 @@ class _Session:
                 continue
             # The handler suspended: it stays in this task; reading moves to a new one.
             self.finishing = True
-            assert self.tg is not None
+            if self.tg is None:  # the session's own task was the reader: supervise from now on
+                async with asyncio.TaskGroup() as tg:
+                    self.tg = tg
+                    tg.create_task(self._read())
+                    await Resume(coro, step, None)
+                    await self._finish_queued()
+                return None
             self.tg.create_task(self._read())
             await Resume(coro, step, None)
             await self._finish_queued()
@@ -541,7 +573,16 @@ class _Session:
                 )
             )
             return
-        reply = await self._observed(event, _call(conn, handler, envelope.payload, msg_id))
+        if self.route.manager.observer is None:
+            # `_call`, inlined: no coroutine of its own for the common case.
+            try:
+                result = await handler.start(conn, envelope.payload)
+            except Exception as exc:
+                reply = await _failed(conn, event, exc, msg_id)
+            else:
+                reply = None if msg_id is None else _ack(conn, event, result, msg_id)
+        else:
+            reply = await self._observed(event, _call(conn, handler, envelope.payload, msg_id))
         if reply is not None:
             await conn.send_frame_async(reply)
 
@@ -583,20 +624,26 @@ class _Session:
 
 async def _call(conn: Connection, handler: EventHandler, payload: Any, msg_id: Any) -> str | None:
     """Run a handler; return the frame to answer with (ack or error), or None."""
-    event = handler.event
     try:
-        result = await handler(conn, payload)
-    except InvalidPayload as exc:
+        result = await handler.start(conn, payload)
+    except Exception as exc:
+        return await _failed(conn, handler.event, exc, msg_id)
+    return None if msg_id is None else _ack(conn, handler.event, result, msg_id)
+
+
+async def _failed(conn: Connection, event: str, exc: Exception, msg_id: Any) -> str | None:
+    """The answer to a handler that raised ``exc`` (called in its ``except`` block)."""
+    if isinstance(exc, InvalidPayload):
         count = exc.error.error_count()
         # pydantic builds every error's dict at once: for a million bad items that is seconds
         # of CPU and a gigabyte. Past a few hundred, report the count alone.
         errors = exc.error.errors(**_ERR_OPTS) if count <= MAX_LISTED_ERRORS else []
         return _validation_error(errors, event, msg_id, count=count)
-    except (WebSocketRequestValidationError, RequestValidationError) as exc:
+    if isinstance(exc, WebSocketRequestValidationError | RequestValidationError):
         return _validation_error(list(exc.errors()), event, msg_id)
-    except EventError as exc:
+    if isinstance(exc, EventError):
         return encode_error(exc.message, exc.code, id=msg_id, event=event, **exc.extra)
-    except HTTPException as exc:
+    if isinstance(exc, HTTPException):
         logger.info("handler for %r answered HTTP %s", event, exc.status_code)
         return encode_error(
             _detail_text(exc.detail),
@@ -605,18 +652,18 @@ async def _call(conn: Connection, handler: EventHandler, payload: Any, msg_id: A
             event=event,
             status=exc.status_code,
         )
-    except WebSocketException as exc:
+    if isinstance(exc, WebSocketException):
         logger.info("handler for %r closed the connection: %s %s", event, exc.code, exc.reason)
         await _close_as_asked(conn, exc)
         return None
-    except AuthenticationError:
+    if isinstance(exc, AuthenticationError):
         await conn.close(CloseCode.UNAUTHORIZED, "Unauthorized")
         return None
-    except Exception:
-        logger.exception("handler for event %r raised (client %s)", event, conn.client_id)
-        return _internal_error(event, msg_id)
-    if msg_id is None:
-        return None
+    logger.error("handler for event %r raised (client %s)", event, conn.client_id, exc_info=exc)
+    return _internal_error(event, msg_id)
+
+
+def _ack(conn: Connection, event: str, result: Any, msg_id: Any) -> str:
     try:
         return encode("ack", result, id=msg_id)
     except ValueError:  # EncodeError and pydantic's serialization errors
