@@ -27,7 +27,7 @@ from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 __all__ = [
     "PENDING",
@@ -53,6 +53,10 @@ PENDING: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
 )
 """Set by a sender that will :func:`settle` what its deliveries left unfinished."""
 
+
+_CONNECTED = WebSocketState.CONNECTED
+_SEND = "websocket.send"
+_DONE = object()
 
 EAGER_PATIENCE = 0.05
 """Seconds a sender waits on an unfinished write before fan-out turns cautious (below)."""
@@ -172,8 +176,10 @@ class Outbox:
         "_open",
         "_policy",
         "_queue",
+        "_raw_send",
         "_room",
         "_send",
+        "_websocket",
         "_writer",
     )
 
@@ -185,8 +191,18 @@ class Outbox:
         context: contextvars.Context,
         on_stalled: Callable[[str], None],
         on_gone: Callable[[BaseException], None] | None = None,
+        direct: tuple[WebSocket, AsgiSend] | None = None,
     ) -> None:
         self._send = send
+        # `send` is Starlette's `WebSocket.send`; `direct` its WebSocket and the ASGI send
+        # beneath it. A frame (not the close) goes to the ASGI send itself while Starlette's
+        # state says connected, which is all `WebSocket.send` checks for it: a coroutine less
+        # per frame. Starlette would also record a failed write (an OSError) as disconnected;
+        # `on_gone` does (`Connection._peer_gone`).
+        self._websocket: WebSocket | None = None
+        self._raw_send = send
+        if direct is not None:
+            self._websocket, self._raw_send = direct
         self._policy = policy
         self._context = context
         self._on_stalled = on_stalled
@@ -237,14 +253,19 @@ class Outbox:
             and not self._busy
             and not (pending and type(pending[0]) is _Blocked)
         ):
-            coro = self._send(message)
+            ws = self._websocket
+            if ws is not None and ws.application_state is _CONNECTED and message["type"] == _SEND:
+                coro = self._raw_send(message)  # the ASGI send itself (see __init__)
+            else:
+                coro = self._send(message)
             try:
-                value = self._context.run(coro.send, None)
-            except StopIteration:
-                return True
+                # `next` with a default: a write that finishes at once raises nothing.
+                value = self._context.run(next, coro.__await__(), _DONE)
             except PEER_GONE as exc:
                 self._gone(exc)
                 return False
+            if value is _DONE:
+                return True
             self._busy = True
             pending.insert(0, _Blocked(self, coro, value))
             return True
@@ -298,10 +319,17 @@ class Outbox:
                 self._bytes -= _size(message)
                 if self._room is not None and not self.behind:
                     self._room.set()
-                coro = send(message)
-                try:
-                    value = coro.send(None)
-                except StopIteration:
+                ws = self._websocket
+                if (
+                    ws is not None
+                    and ws.application_state is _CONNECTED
+                    and message["type"] == _SEND
+                ):
+                    coro = self._raw_send(message)
+                else:
+                    coro = send(message)
+                value = next(coro.__await__(), _DONE)
+                if value is _DONE:
                     continue
                 if not await self._complete(coro, value, None):
                     return

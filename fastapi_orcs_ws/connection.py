@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextvars
-import inspect
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -23,33 +22,6 @@ if TYPE_CHECKING:
 __all__ = ["Connection", "ConnectionData", "ConnectionState"]
 
 logger = logging.getLogger("fastapi_orcs_ws")
-
-_CONNECTED = WebSocketState.CONNECTED
-
-
-def starlette_send(websocket: WebSocket) -> AsgiSend:
-    """``websocket.send`` without Starlette's coroutine layer on the common path.
-
-    A ``websocket.send`` message while Starlette's state says connected goes to the ASGI
-    ``send`` directly (Starlette's ``WebSocket.send`` checks only that); everything else
-    (the close frame, any other state) goes through ``websocket.send``. Starlette also
-    records a failed write (an ``OSError``) as ``DISCONNECTED`` and raises
-    ``WebSocketDisconnect``; the outbox treats both as the peer gone, and the connection
-    records the state (`Connection._peer_gone`).
-    """
-    full = websocket.send
-    raw = getattr(websocket, "_send", None)
-    if raw is None or not inspect.iscoroutinefunction(raw):
-        # Its first step must run inside the outbox's context: only a coroutine function
-        # is known to run nothing when called.
-        return full
-
-    def send(message: Message) -> Coroutine[Any, Any, None]:
-        if websocket.application_state is _CONNECTED and message["type"] == "websocket.send":
-            return raw(message)  # type: ignore[no-any-return]
-        return full(message)
-
-    return send
 
 
 @dataclass(slots=True)
@@ -117,6 +89,7 @@ class Connection:
         policy: SendPolicy,
         context: contextvars.Context | None = None,
         on_slow: Callable[[Connection, str], None] | None = None,
+        direct_send: AsgiSend | None = None,
     ) -> None:
         self.websocket = websocket
         self.data = data
@@ -130,6 +103,7 @@ class Connection:
             context=context if context is not None else contextvars.copy_context(),
             on_stalled=self._stalled,
             on_gone=self._peer_gone,
+            direct=(websocket, direct_send) if direct_send is not None else None,
         )
         self.close_code: int | None = None
         """How the connection ended: the code of the first close frame either side sent,
@@ -271,8 +245,8 @@ class Connection:
 
     def _peer_gone(self, exc: BaseException) -> None:
         if isinstance(exc, OSError):
-            # A write through `starlette_send` that bypassed Starlette's `WebSocket.send`:
-            # the state it would have recorded.
+            # A write that went to `direct_send`, past Starlette's `WebSocket.send`: the
+            # state Starlette would have recorded.
             self.websocket.application_state = WebSocketState.DISCONNECTED
 
     def _stalled(self, why: str) -> None:

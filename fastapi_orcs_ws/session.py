@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
+import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -42,9 +44,9 @@ from ._context import (
 )
 from ._drain import refuse_draining
 from ._observer import utf8_size
-from ._outbox import Resume, SendPolicy
+from ._outbox import AsgiSend, Resume, SendPolicy
 from .auth import User
-from .connection import Connection, ConnectionData, starlette_send
+from .connection import Connection, ConnectionData
 from .errors import AuthenticationError, EventError
 from .handlers import EventHandler, InvalidPayload
 from .limits import TokenBucket
@@ -82,6 +84,7 @@ MAX_DETAIL_CHARS = 2000
 """An ``http_error`` reply's detail is cut to this many characters of JSON."""
 
 _END = object()
+_DONE = object()
 _CONNECTED = WebSocketState.CONNECTED
 _DISCONNECTED = WebSocketState.DISCONNECTED
 _T = TypeVar("_T")
@@ -159,7 +162,16 @@ async def run_session(route: EventRoute, websocket: WebSocket) -> None:
                 obs.refused(route.path, "handshake")
             await websocket.close(CloseCode.POLICY_VIOLATION, truncate_reason(problems))
             return
-        await _serve(route, websocket, auth)
+        # Served in this frame, not a coroutine of its own: it lives as long as the connection.
+        session = _open(route, websocket, auth)
+        await manager._register(session.conn, route.path)
+        if manager.observer is not None:
+            manager.observer.opened(session.conn, route)
+        try:
+            await session.run(auth.expires_at)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await session.finish()
     finally:
         manager._admission.release(ip, user_key)
 
@@ -176,7 +188,8 @@ async def _deny(websocket: WebSocket, cap: str) -> None:
         await websocket.close(CloseCode.TRY_AGAIN_LATER, f"too many connections ({cap})")
 
 
-async def _serve(route: EventRoute, websocket: WebSocket, auth: AuthResult) -> None:
+def _open(route: EventRoute, websocket: WebSocket, auth: AuthResult) -> _Session:
+    """The connection and its session, for an accepted WebSocket."""
     scope = websocket.scope
     manager = route.manager
     settings = manager.settings
@@ -191,26 +204,33 @@ async def _serve(route: EventRoute, websocket: WebSocket, auth: AuthResult) -> N
     conn = Connection(
         websocket,
         data,
-        send=starlette_send(websocket),
-        policy=SendPolicy(
-            max_frames=settings.send_queue_size,
-            max_bytes=settings.send_queue_bytes,
-            stall_timeout=settings.slow_consumer_timeout,
-            close_timeout=settings.close_timeout,
+        send=websocket.send,
+        policy=_send_policy(
+            settings.send_queue_size,
+            settings.send_queue_bytes,
+            settings.slow_consumer_timeout,
+            settings.close_timeout,
         ),
         context=contextvars.copy_context(),
         on_slow=manager._count_slow_consumer,
+        direct_send=_asgi_send(websocket),
     )
     scope[SCOPE_CONNECTION] = conn
-    session = _Session(route, conn, websocket.receive)
-    await manager._register(conn, route.path)
-    if manager.observer is not None:
-        manager.observer.opened(conn, route)
-    try:
-        await session.run(auth.expires_at)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await session.finish()
+    return _Session(route, conn)
+
+
+@functools.lru_cache(maxsize=32)
+def _send_policy(frames: int, size: int, stall: float, close: float) -> SendPolicy:
+    """One (immutable) policy shared by the connections with the same settings."""
+    return SendPolicy(max_frames=frames, max_bytes=size, stall_timeout=stall, close_timeout=close)
+
+
+def _asgi_send(websocket: WebSocket) -> AsgiSend | None:
+    """The ASGI send beneath Starlette's ``WebSocket.send`` (see `Outbox`), if it is a
+    coroutine function: its first step must run in the outbox's context, and only a
+    coroutine function is known to run nothing when called."""
+    send = getattr(websocket, "_send", None)
+    return send if send is not None and inspect.iscoroutinefunction(send) else None
 
 
 def _app_protocols(offered: list[str]) -> list[str]:
@@ -254,16 +274,14 @@ class _Session:
         "inbound_max_bytes",
         "inbound_max_items",
         "limit",
-        "receive",
         "refused",
         "route",
         "tg",
     )
 
-    def __init__(self, route: EventRoute, conn: Connection, receive: Callable[[], Any]) -> None:
+    def __init__(self, route: EventRoute, conn: Connection) -> None:
         self.route = route
         self.conn = conn
-        self.receive = receive
         settings = route.manager.settings
         self.limit = settings.max_payload_length
         self.inbound: list[Any] = []  # a list: an empty deque costs ~600 bytes per connection
@@ -284,14 +302,19 @@ class _Session:
         self.bucket = TokenBucket(limit) if limit is not None else None
         conn.on_stalled(self._stop_reading)
 
-    async def run(self, expires_at: datetime | None) -> None:
-        route, conn = self.route, self.conn
+    def run(self, expires_at: datetime | None) -> Awaitable[None]:
+        """The connection's life, in the calling task."""
+        route = self.route
         connect = route.handler_for("connect")
         if expires_at is None and connect is None and route.concurrency == 1:
             # Nothing to run beside the reader: this task reads (one task fewer per idle
-            # connection). A handler that suspends makes `_read` open the task group then.
-            await self._read()
-            return
+            # connection, and no frame of its own). A handler that suspends makes `_read`
+            # open the task group then.
+            return self._read()
+        return self._supervised(expires_at, connect)
+
+    async def _supervised(self, expires_at: datetime | None, connect: EventHandler | None) -> None:
+        conn = self.conn
         self.finishing = True  # `connect` first: what arrives meanwhile waits for it
         # asyncio's task group: per connection it costs about 2 KiB less than anyio's.
         async with asyncio.TaskGroup() as tg:
@@ -321,7 +344,7 @@ class _Session:
 
     async def _read(self) -> None:
         """Read until the connection ends; run handlers inline while nothing is unfinished."""
-        conn, receive, limit = self.conn, self.receive, self.limit
+        conn, limit = self.conn, self.limit
         websocket = conn.websocket
         # The ASGI receive itself while Starlette's state says connected: Starlette's
         # `WebSocket.receive` checks only that (and the message type, below), at the cost of
@@ -346,7 +369,7 @@ class _Session:
                 if raw_receive is not None and websocket.client_state is _CONNECTED:
                     message = await raw_receive()
                 else:
-                    message = await receive()
+                    message = await websocket.receive()
             except asyncio.CancelledError:
                 if not self._stop or task is None or not task.cancelling():
                     raise
@@ -397,9 +420,10 @@ class _Session:
                 self.tg.create_task(self._dispatch_released(item, limiter))
                 continue
             coro = self._dispatch(item)
-            try:
-                step = coro.send(None)
-            except StopIteration:
+            # Its first step; `next` with a default ends a coroutine that returns without an
+            # exception (cheaper, and no frame object kept for this one).
+            step = next(coro.__await__(), _DONE)
+            if step is _DONE:
                 continue
             # The handler suspended: it stays in this task; reading moves to a new one.
             self.finishing = True

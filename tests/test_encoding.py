@@ -9,10 +9,12 @@ that echo it back: the client must never receive `Infinity` or `NaN`, it gets an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -175,6 +177,44 @@ def test_valid_payloads_encode_as_strict_json(payload: Any, expected: Any) -> No
     assert frame["event"] == "e" and frame["id"] == "r1"
     assert frame["payload"] == (payload if expected is None else expected)
     assert decode_envelope(text).payload == frame["payload"]  # what we send, we would accept
+
+
+SAME_TEXT: list[Any] = [
+    {"a": 1, "b": [1.5, -0.0, 1e16, 1e-7, 5e-324, 1.7976931348623157e308], "c": "é\u2028\x00"},
+    {"t": True, "f": False, "n": None, "s": "<>&'\"\\/", "nested": {"": [[], {}]}},
+    [2**63 - 1, -(2**63), 2**64, 2**70],  # past 64 bits: pydantic's (orjson refuses them)
+    {1: "int key", "k": (1, 2), "set": {3}},  # not plain JSON: pydantic's
+    {"when": datetime(2024, 1, 1, tzinfo=UTC)},
+    {"d": Decimal("1.10"), "p": Point(1.0, 2.0), "model": Price(amount=2.5)},
+    {"lone surrogate": "\ud800"},
+    {"deep": functools.reduce(lambda inner, _: [inner], range(300), 1)},  # orjson's limit
+]
+
+
+@pytest.mark.parametrize("payload", SAME_TEXT, ids=range(len(SAME_TEXT)))
+def test_orjson_path_writes_what_pydantic_writes(payload: Any) -> None:
+    """With orjson installed, `encode` uses it for plain JSON values: the text is the same."""
+    from pydantic_core import to_json
+
+    from fastapi_orcs_ws import protocol
+
+    try:
+        expected: str | None = to_json({"event": "e", "payload": payload}).decode()
+    except ValueError:
+        expected = None  # pydantic cannot write it: neither may the fast path
+    if expected is None:
+        with pytest.raises(EncodeError):
+            encode("e", payload)
+    else:
+        assert encode("e", payload) == expected
+    if protocol._orjson is not None:
+        saved = protocol._orjson
+        protocol._orjson = None  # type: ignore[assignment]
+        try:
+            if expected is not None:
+                assert encode("e", payload) == expected
+        finally:
+            protocol._orjson = saved
 
 
 def test_error_events_are_strict_too() -> None:

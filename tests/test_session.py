@@ -146,6 +146,44 @@ async def test_a_started_handler_runs_to_the_end_after_its_client_closes(code: i
     assert ended == [(code, ["hello"])]  # once, after the handler, with the client's code
 
 
+async def test_starlettes_websocket_states_are_kept() -> None:
+    # The session reads and writes past Starlette's WebSocket.receive/send while connected
+    # (a coroutine less per frame); what those would record must still be recorded.
+    router = WebSocketRouter()
+    route = router.ws("/ws")
+    seen: list[tuple[str, str, str]] = []
+
+    @route.on("ping")
+    async def ping(ws: Connection, payload: Any) -> None:
+        seen.append(("ping", ws.websocket.client_state.name, ws.websocket.application_state.name))
+        await ws.send("pong", payload)
+        if payload == "kick":
+            await ws.close(4000, "kicked")
+
+    @route.on("disconnect")
+    async def disconnect(ws: Connection, payload: dict[str, Any]) -> None:
+        state = ws.websocket
+        seen.append((str(payload["code"]), state.client_state.name, state.application_state.name))
+
+    app = FastAPI()
+    app.include_router(router)
+    with serve(app) as server:
+        async with client(server.ws_url("/ws")) as ws:
+            await send(ws, "ping", 1)
+            assert (await expect(ws, "pong"))["payload"] == 1
+            await ws.close(1000)
+        await wait_until(lambda: len(seen) == 2)
+        async with client(server.ws_url("/ws")) as ws:
+            await send(ws, "ping", "kick")
+            assert (await expect(ws, "pong"))["payload"] == "kick"
+            assert await closed_with(ws) == 4000
+        await wait_until(lambda: len(seen) == 4)
+    assert seen[0] == ("ping", "CONNECTED", "CONNECTED")
+    assert seen[1] == ("1000", "DISCONNECTED", "CONNECTED")  # the client closed
+    assert seen[2] == ("ping", "CONNECTED", "CONNECTED")
+    assert seen[3][:1] == ("4000",) and seen[3][2] == "DISCONNECTED"  # the server closed
+
+
 async def test_a_vanished_peer_is_reported_as_1006() -> None:
     router = WebSocketRouter()
     route = router.ws("/ws")
