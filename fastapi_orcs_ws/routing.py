@@ -29,6 +29,7 @@ from ._context import SCOPE_MANAGER as SCOPE_MANAGER
 from ._redact import install_log_redaction
 from .auth import Authenticator, AuthOptions, current_user, optional_user
 from .auth import _resolve as _resolve_user
+from .dependencies import validate_handshake
 from .errors import ConfigurationError
 from .handlers import EventHandler, compile_handler
 from .limits import RateLimit
@@ -168,10 +169,6 @@ class EventRoute:
     async def handshake_problems(self, websocket: WebSocket) -> str:
         """Why the handshake's headers, query, cookies or path cannot serve this route's
         handlers ('' when they can): checked before the first event, not at it."""
-        try:  # the FastAPI dependency adapter (being written in parallel)
-            from .dependencies import validate_handshake
-        except ImportError:
-            return ""
         events = {*self.handlers, *self.manager.handlers}
         handlers = [h for e in events if (h := self.handler_for(e)) is not None]
         errors = await validate_handshake(handlers, websocket)
