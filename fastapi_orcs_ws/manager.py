@@ -712,7 +712,8 @@ class WebSocketManager:
 
     def encode_event(self, event: str, payload: Any = None) -> str:
         """Encode one outbound frame; with ``WS_DEBUG`` check it against declared ``emits``."""
-        self._check_emit(event, payload)
+        if self._emit_checks:  # `_check_emit`, without a call on every frame
+            self._check_emit(event, payload)
         return encode(event, payload)
 
     def _check_emit(self, event: str, payload: Any) -> None:

@@ -435,18 +435,19 @@ def decode_envelope(text: str) -> Envelope:
     if not isinstance(event, str) or not event:
         raise ProtocolError('"event" must be a non-empty string', ErrorCode.INVALID_ENVELOPE)
     msg_id = data.get("id")
-    if msg_id is not None and (not isinstance(msg_id, str | int) or isinstance(msg_id, bool)):
-        raise ProtocolError('"id" must be a string or an integer', ErrorCode.INVALID_ENVELOPE)
-    if isinstance(msg_id, int) and abs(msg_id) > MAX_SAFE_INTEGER:
-        raise ProtocolError(
-            '"id" must be a safe integer (at most 2**53 - 1 either way)',
-            ErrorCode.INVALID_ENVELOPE,
-        )
-    if isinstance(msg_id, str) and len(msg_id) > MAX_ID_CHARS:
-        # Every reply repeats the id: a huge one would be echoed back in full.
-        raise ProtocolError(
-            f'"id" is at most {MAX_ID_CHARS} characters', ErrorCode.INVALID_ENVELOPE
-        )
+    if msg_id is not None:  # most frames have none: no checks to pay for
+        if not isinstance(msg_id, (str, int)) or isinstance(msg_id, bool):
+            raise ProtocolError('"id" must be a string or an integer', ErrorCode.INVALID_ENVELOPE)
+        if isinstance(msg_id, int) and abs(msg_id) > MAX_SAFE_INTEGER:
+            raise ProtocolError(
+                '"id" must be a safe integer (at most 2**53 - 1 either way)',
+                ErrorCode.INVALID_ENVELOPE,
+            )
+        if isinstance(msg_id, str) and len(msg_id) > MAX_ID_CHARS:
+            # Every reply repeats the id: a huge one would be echoed back in full.
+            raise ProtocolError(
+                f'"id" is at most {MAX_ID_CHARS} characters', ErrorCode.INVALID_ENVELOPE
+            )
     return Envelope(event, data.get("payload"), msg_id)  # by position: ~0.1 us less
 
 

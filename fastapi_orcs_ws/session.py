@@ -14,6 +14,10 @@
 
 The outbound writer is the connection's `_outbox.Outbox`, which
 starts and ends its own task on demand; the session stops it at clean-up.
+
+While nothing else needs to run (no `connect` handler, no token expiry, ``concurrency=1``), the
+connection's own task is the reader and no task group exists yet: the first handler that
+suspends opens it (an idle connection costs one task, not two).
 """
 
 from __future__ import annotations
@@ -585,7 +589,8 @@ class _Session:
                 )
             )
             return
-        handler = self.route.handler_for(event)
+        route = self.route
+        handler = route.handlers.get(event) or route.handler_for(event)
         if handler is None:
             self._protocol_error(ErrorCode.UNKNOWN_EVENT)
             await conn.send_frame_async(
