@@ -68,6 +68,9 @@ class FakeNode:
         self.closed[client_id] = (code, reason)
         return True
 
+    async def close_user_local(self, user_id: str, code: int, reason: str) -> int:
+        return 0  # no client here is authenticated
+
     def served_routes(self) -> Collection[str]:
         return self.routes
 
@@ -588,6 +591,8 @@ async def test_after_redis_lost_its_data_frames_reach_peers_or_are_counted(
     assert (await a.backend.stats()).frames_lost == 1 + 2
     assert not await a.backend.publish_client("b1", frame("dm"))
     assert (await a.backend.stats()).frames_lost == 1 + 2 + 1  # its owner is unknown
+    with pytest.raises(BackendError, match="call disconnect_user again"):
+        await a.backend.disconnect_user("alice", 4401, "revoked")
     assert b.events("b1", "n") == []
 
 

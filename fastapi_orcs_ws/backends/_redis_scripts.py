@@ -334,13 +334,21 @@ for node, count in pairs(held) do
 end
 return {n, lost}""",
     # ARGV: P, cid, self, message
+    # ARGV: P, cid, self, message, JSON {node: clients} (peers known before)
     # -> {1 sent, 0 unknown or vanished client, -1 owned by self;
-    #     1 if nobody listened, 2 if Redis forgot the sender (lost its data): owner unknown}
+    #     1 if nobody listened, 2 if Redis lost its data (owner unknown): sent to every node,
+    #     and a node the sender knew that may hold the client was not listening}
     "send": """
 local owner = redis.call('HGET', P..'owner', ARGV[2])
 if not owner then
-  if redis.call('SISMEMBER', P..'nodes', ARGV[3]) == 0 then return {0, 2} end
-  return {0, 0}
+  if not routing_incomplete(ARGV[3]) then return {0, 0} end
+  -- Redis lost its data and the owner may not have written its clients back yet: every
+  -- node gets it and delivers it if the client is its own
+  redis.call('PUBLISH', P..'all', ARGV[4])
+  for node, held in pairs(cjson.decode(ARGV[5])) do
+    if node ~= ARGV[3] and held > 0 and not listening(node) then return {1, 2} end
+  end
+  return {1, 0}
 end
 if owner == ARGV[3] then return {-1, 0} end
 if redis.call('HEXISTS', P..'vanished', ARGV[2]) == 1

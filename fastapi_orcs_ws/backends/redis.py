@@ -99,7 +99,8 @@ LEAVE_DEADLINE = 5.0
 """Seconds `RedisBackend.stop` spends handing this node's clients over."""
 _UNROUTED = {
     1: "its node is not listening",
-    2: "Redis lost its data and has not heard from this node since (its owner is unknown)",
+    2: "Redis lost its data, so it was sent to every node, and a node that may hold it was not "
+    "listening",
 }
 """Why the ``send`` script could not deliver, by the code it returns."""
 LOSS_LOG_INTERVAL = 5.0
@@ -259,7 +260,12 @@ class RedisBackend(Backend):
         previous run's (it stays as it is) or a live twin's (it changes within a heartbeat).
         """
         key = self.prefix + "alive:" + self.node_id
+        ttl = int(self.node_ttl * 1000)
         try:
+            # Take the heartbeat key if nobody holds it: of two processes starting together
+            # with one node_id, exactly one gets it, and the other compares below.
+            if await self._call(lambda r: r.set(key, f"{self._token}:start", nx=True, px=ttl)):
+                return
             first = await self._call(lambda r: r.get(key))
             if first is None:
                 return
@@ -504,7 +510,7 @@ class RedisBackend(Backend):
         if client_id in self._index.client_rooms:
             return self.node.deliver_local(frame, (client_id,), ()) == 1
         message = self._message("client", frame, c=client_id)
-        result = await self._publish("send", client_id, self.node_id, message)
+        result = await self._publish("send", client_id, self.node_id, message, self._peers)
         if result is None:
             return False
         sent, lost = result
@@ -517,7 +523,7 @@ class RedisBackend(Backend):
         if client_id in self._index.client_rooms:
             return await self.node.close_local(client_id, code, reason)
         message = self._message("close", c=client_id, code=code, reason=reason)
-        sent, lost = await self._run("send", client_id, self.node_id, message)
+        sent, lost = await self._run("send", client_id, self.node_id, message, self._peers)
         if lost:
             self._lost(1, f"the close of {client_id}: {_UNROUTED[int(lost)]}")
             return False
@@ -535,6 +541,12 @@ class RedisBackend(Backend):
             ) from exc
         if lost:
             self._lost(int(lost), f"the close of user {user_id!r:.80}: a node was not listening")
+            # A log-out or a revoked token must not leave sockets open without a word.
+            raise BackendError(
+                f"closed {closed} connections of user {user_id!r:.80} here, but a process that "
+                "may hold others was not listening to Redis (the close did not reach it): "
+                "call disconnect_user again in a moment"
+            )
         return closed
 
     async def publish_history(
@@ -627,6 +639,14 @@ class RedisBackend(Backend):
             self._failed(exc)
             raise BackendError(f"redis: {exc}") from exc
 
+    async def _members(self, key: str) -> list[str]:
+        """A set's members, read in bounded SSCAN steps (no command blocks Redis for long)."""
+
+        async def scan(r: Redis) -> list[str]:
+            return [str(m) async for m in r.sscan_iter(key, count=CHUNK)]
+
+        return await self._call(scan)
+
     async def _run(self, script: str, *args: str) -> Any:
         return await self._call(lambda r: self._scripts[script](args=[self.prefix, *args]))
 
@@ -687,6 +707,9 @@ class RedisBackend(Backend):
         if not self._down:
             logger.warning("redis unavailable (%s); delivering locally only", self._last_error)
             self._drop_idle_connections()
+            # Probe now rather than at the end of the heartbeat's wait: one broken connection
+            # (an idle one closed by Redis's `timeout` or a proxy) is not an outage.
+            self._wake.set()
         self._down = True
         self._dirty = True
 
@@ -791,10 +814,9 @@ class RedisBackend(Backend):
             self._dirty = True  # changed meanwhile: write again on the next beat
 
     async def _leave_stray_rooms(self, client_id: str) -> None:
-        assert self._redis is not None
         key = self.prefix + "client-rooms:" + client_id
         stray: list[str] = []
-        async for room in self._redis.sscan_iter(key, count=CHUNK):
+        for room in await self._members(key):
             rooms = self._index.client_rooms.get(client_id)
             if rooms is not None and room not in rooms:
                 stray.append(room)
@@ -808,7 +830,7 @@ class RedisBackend(Backend):
         stray: list[str] = []
         removed: list[str] = []
         clients = script == "hand_over_clients"
-        async for cid in self._redis.sscan_iter(self.prefix + key + self.node_id, count=CHUNK):
+        for cid in await self._members(self.prefix + key + self.node_id):
             if cid not in mine:
                 (removed if clients and cid in self._removed else stray).append(cid)
         for cid in removed:  # removed here while Redis was away: a clean close, no logic
