@@ -395,8 +395,11 @@ async def test_membership_stays_while_the_vanished_handler_runs_and_goes_after(
     await eventually(lambda: not a.backend._claims, what="finished")
     during = dict(zip([cid for cid, _ in a.gone], a.during_gone, strict=True))
     # As during a clean close: its rooms, its room's members (itself included), counted.
-    assert during["b1"] == ({"games", "lobby"}, {"a1", "b1", "b2"}, 3)
-    assert during["b2"][0] == {"lobby"}
+    # (The handlers run side by side: b2's, which fails at once, may be over and b2 gone.)
+    rooms, lobby, connections = during["b1"]
+    assert rooms == {"games", "lobby"} and {"a1", "b1"} <= lobby <= {"a1", "b1", "b2"}
+    assert connections == len(lobby)
+    assert during["b2"][0] == {"lobby"} and {"a1", "b2"} <= during["b2"][1]
     # After the handler (even one that failed): gone from every room and from the stats.
     assert await a.backend.room_clients("lobby") == {"a1"}
     assert await a.backend.client_rooms("b2") == set()

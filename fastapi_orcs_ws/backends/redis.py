@@ -103,6 +103,8 @@ _UNROUTED = {
     "listening",
 }
 """Why the ``send`` script could not deliver, by the code it returns."""
+VANISHED_CONCURRENCY = 64
+"""Disconnect handlers of vanished clients one node runs at once (each client's own task)."""
 LOSS_LOG_INTERVAL = 5.0
 """Seconds between two warnings about lost frames (each says how many since the last)."""
 FULL = "full"
@@ -185,6 +187,7 @@ class RedisBackend(Backend):
         self._dirty = True
         self._stopping = False
         self._wake = asyncio.Event()
+        self._gone_slots = asyncio.Semaphore(VANISHED_CONCURRENCY)
         self._kick_listener = asyncio.Event()
         self._subscription = asyncio.Event()
         # Health and loss counters
@@ -890,30 +893,39 @@ class RedisBackend(Backend):
                 ids = [str(entry[0]) for entry in claimed]
                 self._claims.update(ids)  # now, so that no resync takes them for strays
                 self._in_handler.update(ids)
-                self._spawn(self._run_claimed(ids, claimed))
+                self._spawn(self._run_claimed(claimed))
             if not more:
                 return
 
-    async def _run_claimed(self, ids: list[str], claimed: list[list[Any]]) -> None:
-        """Run the disconnect logic of claimed clients, then remove them."""
-        gone: dict[str, dict[str, Any]] = {}
+    async def _run_claimed(self, claimed: list[list[Any]]) -> None:
+        """Run the disconnect logic of claimed clients, each removed as soon as its own ends.
+
+        The handlers run side by side (at most `VANISHED_CONCURRENCY` at once), so each
+        starts within the reaping bound, however long the others take.
+        """
+        runs = []
         for cid, info, started, orphan in claimed:
             if started:
                 self._not_rerun += 1  # its logic started on a node that died: not again
+                self._in_handler.discard(str(cid))
+                runs.append(self._finish_claims([str(cid)]))
                 continue
             self._claimed += 1
             self._orphaned += int(orphan)
-            gone[str(cid)] = _decode_info(info)
+            runs.append(self._run_one_claimed(str(cid), _decode_info(info)))
+        await asyncio.gather(*runs)
+
+    async def _run_one_claimed(self, client_id: str, info: dict[str, Any]) -> None:
         try:
-            if gone:
-                await self.node.clients_gone(gone)
+            async with self._gone_slots:
+                await self.node.clients_gone({client_id: info})
         except asyncio.CancelledError:
-            raise  # stopping: drop() hands these claims over, they are not run again
+            raise  # stopping: drop() hands the claim over, it is not run again
         except Exception:
-            logger.exception("disconnect logic for %d vanished clients failed", len(gone))
+            logger.exception("disconnect logic for vanished client %s failed", client_id)
         finally:
-            self._in_handler.difference_update(ids)
-        await self._finish_claims(ids)
+            self._in_handler.discard(client_id)
+        await self._finish_claims([client_id])
 
     async def _finish_claims(self, client_ids: Iterable[str]) -> None:
         """Remove claimed clients whose disconnect logic ended (retried on each beat)."""
