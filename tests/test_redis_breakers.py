@@ -83,13 +83,6 @@ async def test_send_to_client_while_redis_is_refilled_is_delivered_or_counted(
     await eventually(lambda: "b1" in b.closed, what="b1 closed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after Redis lost its data, a's loss count for a peer that is not listening yet "
-    "comes from a's last sweep (up to `heartbeat` old): clients a peer got since then are "
-    "not counted (15-17 of 51-76 missed frames uncounted in 2 of 3 kill -9 runs with the "
-    "default node_ttl=10)",
-)
 async def test_losses_after_an_empty_restart_count_a_peer_newer_than_the_last_sweep(
     nodes: Nodes, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,10 +90,11 @@ async def test_losses_after_an_empty_restart_count_a_peer_newer_than_the_last_sw
     a = await nodes.start("a", slow)
     # a's beats at start (the first, and the one its subscription wakes): no peers yet.
     await eventually(lambda: a.backend._beats >= 2, what="a's start-up beats")
-    await anyio.sleep(0.2)
     b = await nodes.start("b", slow)
     await a.connect("a1", CHAT, "lobby")
     await b.connect("b1", CHAT, "lobby")  # b's client, after a's last sweep
+    assert a.backend._beats == 2  # no sweep since: only b's own word tells a about b1
+    await eventually(lambda: json.loads(a.backend._peers).get("b") == 1, what="a hears of b1")
     # Redis restarts empty: b has neither resubscribed nor written back yet.
     hold_heartbeats(b, monkeypatch)
     await stop_listening(b)

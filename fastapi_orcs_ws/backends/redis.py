@@ -188,6 +188,7 @@ class RedisBackend(Backend):
         self._stopping = False
         self._wake = asyncio.Event()
         self._gone_slots = asyncio.Semaphore(VANISHED_CONCURRENCY)
+        self._peer_message = self._message("peer")
         self._kick_listener = asyncio.Event()
         self._subscription = asyncio.Event()
         # Health and loss counters
@@ -355,6 +356,11 @@ class RedisBackend(Backend):
             self._info[client_id] = encoded
         self._mutations += 1
         await self._write("add", self.node_id, client_id, encoded)
+        if len(self._index.client_rooms) == 1 and not self._down:
+            # Our first client: peers learn at once that we hold some, not at their next
+            # sweep, so their losses for us are counted should Redis lose its data meanwhile.
+            with suppress(BackendError):
+                await self._call(lambda r: r.publish(self.prefix + "all", self._peer_message))
 
     async def client_closing(self, client_id: str) -> None:
         if client_id not in self._index.client_rooms:
@@ -1054,6 +1060,11 @@ class RedisBackend(Backend):
             self._spawn(node.close_local(head["c"], int(head["code"]), str(head["reason"])))
         elif kind == "close-user":
             self._spawn(node.close_user_local(head["u"], int(head["code"]), str(head["reason"])))
+        elif kind == "peer":
+            peers = json.loads(self._peers)
+            if peers.get(head["o"], 0) < 1:
+                peers[head["o"]] = 1
+                self._peers = json.dumps(peers)
         elif kind in ("join", "leave"):
             client_id, room = head["c"], head["r"]
             index = self._index
