@@ -637,7 +637,11 @@ class WebSocketManager:
         return sent
 
     async def send_to_client(self, client_id: str, event: str, payload: Any = None) -> bool:
-        """Send to one client; False if it is not connected."""
+        """Send to one client; False if it is not connected.
+
+        Raises TypeError if ``client_id`` is not a ``str``.
+        """
+        client_id = _client_id(client_id)
         await self._ready()
         frame = self.encode_event(event, payload)
         pending: list[Any] = []
@@ -657,7 +661,12 @@ class WebSocketManager:
     async def disconnect(
         self, client_id: str, code: int = CloseCode.NORMAL, reason: str = ""
     ) -> bool:
-        """Close a client's connection; False if it is not connected."""
+        """Close a client's connection; False if it is not connected.
+
+        Raises ValueError for a close code an application may not send, TypeError if
+        ``client_id`` is not a ``str``.
+        """
+        client_id = _client_id(client_id)
         validate_close_code(code)
         await self._ready()
         return await self.backend.disconnect_client(client_id, code, truncate_reason(reason))
@@ -689,7 +698,8 @@ class WebSocketManager:
             ValueError: ``code`` is not a close code an application may send.
             TypeError: ``user_id`` is not a ``str``.
             BackendError: a shared backend could not tell the other processes (Redis is
-                unreachable); this process's connections are closed already: call again.
+                unreachable, or a process that may hold some of them was not listening);
+                this process's connections are closed already: call again.
 
         Example:
             ```python
@@ -1065,5 +1075,6 @@ def _exclude(exclude: Exclude) -> Collection[str]:
     if exclude is None:
         return ()
     if isinstance(exclude, str):
-        return (exclude,)
-    return frozenset(exclude)
+        return (str.__str__(exclude),)
+    # The str-id rule (`_str_id`): an int here would exclude nobody on one backend.
+    return frozenset(_client_id(client_id) for client_id in exclude)

@@ -207,6 +207,21 @@ async def test_disconnect_user_refuses_bad_arguments() -> None:
             await manager.disconnect_user("alice", 1006)
 
 
+async def test_client_ids_are_str_in_every_call() -> None:
+    """The rule join_room and leave_room follow holds for sends, closes and exclude lists."""
+    async with WebSocketManager() as manager:
+        with pytest.raises(TypeError, match="client ids are str, not int"):
+            await manager.send_to_client(42, "x")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="client ids are str, not int"):
+            await manager.disconnect(42)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="client ids are str, not int"):
+            await manager.broadcast("x", exclude=[42])  # type: ignore[list-item]
+        with pytest.raises(TypeError, match="client ids are str, not int"):
+            await manager.broadcast_to_room("r", "x", exclude=["a", 42])  # type: ignore[list-item]
+        assert await manager.broadcast("x", exclude=["a", "b"]) == 0
+        assert await manager.send_to_client("nobody", "x") is False
+
+
 @pytest.mark.redis
 async def test_disconnect_user_reaches_the_users_sockets_on_every_redis_node(
     redis_server: RedisServer,
