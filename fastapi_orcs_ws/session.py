@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import inspect
 import logging
 import time
 import uuid
@@ -48,7 +47,8 @@ from ._context import (
 )
 from ._drain import refuse_draining
 from ._observer import utf8_size
-from ._outbox import AsgiSend, Resume, SendPolicy
+from ._outbox import Resume, SendPolicy
+from ._starlette_compat import asgi_receive, asgi_send
 from .auth import User
 from .connection import Connection, ConnectionData
 from .errors import AuthenticationError, EventError
@@ -217,7 +217,7 @@ def _open(route: EventRoute, websocket: WebSocket, auth: AuthResult) -> _Session
         ),
         context=contextvars.copy_context(),
         on_slow=manager._count_slow_consumer,
-        direct_send=_asgi_send(websocket),
+        direct_send=asgi_send(websocket),
     )
     scope[SCOPE_CONNECTION] = conn
     return _Session(route, conn)
@@ -227,14 +227,6 @@ def _open(route: EventRoute, websocket: WebSocket, auth: AuthResult) -> _Session
 def _send_policy(frames: int, size: int, stall: float, close: float) -> SendPolicy:
     """One (immutable) policy shared by the connections with the same settings."""
     return SendPolicy(max_frames=frames, max_bytes=size, stall_timeout=stall, close_timeout=close)
-
-
-def _asgi_send(websocket: WebSocket) -> AsgiSend | None:
-    """The ASGI send beneath Starlette's ``WebSocket.send`` (see `Outbox`), if it is a
-    coroutine function: its first step must run in the outbox's context, and only a
-    coroutine function is known to run nothing when called."""
-    send = getattr(websocket, "_send", None)
-    return send if send is not None and inspect.iscoroutinefunction(send) else None
 
 
 def _app_protocols(offered: list[str]) -> list[str]:
@@ -350,10 +342,8 @@ class _Session:
         """Read until the connection ends; run handlers inline while nothing is unfinished."""
         conn, limit = self.conn, self.limit
         websocket = conn.websocket
-        # The ASGI receive itself while Starlette's state says connected: Starlette's
-        # `WebSocket.receive` checks only that (and the message type, below), at the cost of
-        # a coroutine per message and one held by every idle connection.
-        raw_receive = getattr(websocket, "_receive", None)
+        # The ASGI receive itself while Starlette's state says connected (_starlette_compat).
+        raw_receive = asgi_receive(websocket)
         obs, path = self.route.manager.observer, self.route.path
         concurrency = self.route.concurrency
         limiter = anyio.Semaphore(concurrency) if concurrency > 1 else None
