@@ -29,7 +29,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -197,6 +197,9 @@ def _open(route: EventRoute, websocket: WebSocket, auth: AuthResult) -> _Session
     scope = websocket.scope
     manager = route.manager
     settings = manager.settings
+    # The context as it is before any handler runs: the connection's send context, and what
+    # each event's handler gets a copy of.
+    base = contextvars.copy_context()
     data = ConnectionData(
         client_id=uuid.uuid4().hex,
         connected_at=datetime.now(UTC),
@@ -215,18 +218,25 @@ def _open(route: EventRoute, websocket: WebSocket, auth: AuthResult) -> _Session
             settings.slow_consumer_timeout,
             settings.close_timeout,
         ),
-        context=contextvars.copy_context(),
+        context=base,
         on_slow=manager._count_slow_consumer,
         direct_send=asgi_send(websocket),
     )
     scope[SCOPE_CONNECTION] = conn
-    return _Session(route, conn)
+    return _Session(route, conn, base)
 
 
 @functools.lru_cache(maxsize=32)
 def _send_policy(frames: int, size: int, stall: float, close: float) -> SendPolicy:
     """One (immutable) policy shared by the connections with the same settings."""
     return SendPolicy(max_frames=frames, max_bytes=size, stall_timeout=stall, close_timeout=close)
+
+
+async def _in_context(ctx: contextvars.Context, coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` to the end with every step in ``ctx``, in the calling task."""
+    step = ctx.run(next, coro.__await__(), _DONE)
+    if step is not _DONE:
+        await Resume(coro, step, ctx)
 
 
 def _app_protocols(offered: list[str]) -> list[str]:
@@ -261,6 +271,7 @@ class _Session:
         "_receiver",
         "_room",
         "_stop",
+        "base",
         "bucket",
         "conn",
         "finishing",
@@ -275,9 +286,13 @@ class _Session:
         "tg",
     )
 
-    def __init__(self, route: EventRoute, conn: Connection) -> None:
+    def __init__(self, route: EventRoute, conn: Connection, base: contextvars.Context) -> None:
         self.route = route
         self.conn = conn
+        self.base = base
+        """Each event's handler runs in a copy of this, as each HTTP request gets its own:
+        what one sets (a request id, a tenant, a span) never reaches another event, the
+        `disconnect` handler or the server's code after the app returns."""
         settings = route.manager.settings
         self.limit = settings.max_payload_length
         self.inbound: list[Any] = []  # a list: an empty deque costs ~600 bytes per connection
@@ -414,9 +429,10 @@ class _Session:
                 self.tg.create_task(self._dispatch_released(item, limiter))
                 continue
             coro = self._dispatch(item)
-            # Its first step; `next` with a default ends a coroutine that returns without an
-            # exception (cheaper, and no frame object kept for this one).
-            step = next(coro.__await__(), _DONE)
+            # Its first step, in the event's own context; `next` with a default ends a
+            # coroutine that returns without an exception (cheaper, and no frame kept).
+            ctx = self.base.copy()
+            step = ctx.run(next, coro.__await__(), _DONE)
             if step is _DONE:
                 continue
             # The handler suspended: it stays in this task; reading moves to a new one.
@@ -424,12 +440,12 @@ class _Session:
             if self.tg is None:  # the session's own task was the reader: supervise from now on
                 async with asyncio.TaskGroup() as tg:
                     self.tg = tg
-                    tg.create_task(self._read())
-                    await Resume(coro, step, None)
+                    tg.create_task(self._read(), context=self.base.copy())
+                    await Resume(coro, step, ctx)
                     await self._finish_queued()
                 return None
-            self.tg.create_task(self._read())
-            await Resume(coro, step, None)
+            self.tg.create_task(self._read(), context=self.base.copy())
+            await Resume(coro, step, ctx)
             await self._finish_queued()
             return None
 
@@ -476,7 +492,7 @@ class _Session:
             if self.refused:
                 self.ignored += 1
                 continue
-            await self._dispatch(item)
+            await _in_context(self.base.copy(), self._dispatch(item))
         # Nothing queued and no await since: the reader runs handlers itself again.
         self.finishing = False
 
