@@ -24,7 +24,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -94,6 +94,15 @@ class SendPolicy:
     max_bytes: int
     stall_timeout: float
     close_timeout: float
+    high_frames: int = field(init=False, repr=False, compare=False)
+    """Above this many queued frames the connection is *behind* (half the bound)."""
+    high_bytes: int = field(init=False, repr=False, compare=False)
+    """Above this many queued bytes the connection is *behind* (half the bound)."""
+
+    def __post_init__(self) -> None:
+        # Here, not on each connection's outbox: policies are shared (two ints less each).
+        object.__setattr__(self, "high_frames", max(1, self.max_frames // 2))
+        object.__setattr__(self, "high_bytes", max(1, self.max_bytes // 2))
 
 
 class Resume:
@@ -169,8 +178,6 @@ class Outbox:
         "_busy",
         "_bytes",
         "_context",
-        "_high_bytes",
-        "_high_frames",
         "_on_gone",
         "_on_stalled",
         "_open",
@@ -211,8 +218,6 @@ class Outbox:
         # queue is short (bounded) and only used while a client is behind.
         self._queue: list[Message] = []
         self._bytes = 0
-        self._high_frames = max(1, policy.max_frames // 2)
-        self._high_bytes = max(1, policy.max_bytes // 2)
         self._busy = False
         """An ASGI send is under way (eager, left to a sender, or the writer's)."""
         self._open = True
@@ -233,7 +238,8 @@ class Outbox:
 
     @property
     def behind(self) -> bool:
-        return len(self._queue) > self._high_frames or self._bytes > self._high_bytes
+        policy = self._policy
+        return len(self._queue) > policy.high_frames or self._bytes > policy.high_bytes
 
     # -- sending ---------------------------------------------------------------------------
 

@@ -181,6 +181,14 @@ class AuthResult:
     """``"token"`` when the client offered the token subprotocol: pass it to ``accept()``."""
 
 
+_ANONYMOUS = AuthResult(False, None, None, None, None)
+
+
+def _anonymous(subprotocol: str | None) -> AuthResult:
+    """An anonymous result; the common one (no subprotocol) is shared, not one per connection."""
+    return _ANONYMOUS if subprotocol is None else AuthResult(False, None, None, None, subprotocol)
+
+
 def _offered_subprotocols(conn: HTTPConnection) -> list[str]:
     offered = conn.scope.get("subprotocols")
     if offered is not None:
@@ -362,13 +370,13 @@ class Authenticator:
         ):
             subprotocol = TOKEN_SUBPROTOCOL
         if not self.enabled:
-            return AuthResult(False, None, None, None, subprotocol)
+            return _anonymous(subprotocol)
         token, _transport = extract_token(conn)
         if token is None:
             if self.required:
                 logger.debug("token refused: none presented on a route that requires auth")
                 raise AuthenticationError("missing token")
-            return AuthResult(False, None, None, None, subprotocol)
+            return _anonymous(subprotocol)
         claims = await self._verify(token)
         if self.options.user_loader is not None:
             try:

@@ -140,6 +140,8 @@ class WebSocketManager:
         self.backend: Backend = backend_from_url(backend) if isinstance(backend, str) else backend
         self.handlers: dict[str, Callable[..., Any]] = {}
         """Handlers shared by every route (``manager.on``); a route's own handlers win."""
+        # Handed to every connection (bound once here, not once per connection).
+        self._on_slow_consumer = self._count_slow_consumer
         self._connections: dict[str, Connection] = {}
         self._gone_callbacks: list[GoneCallback] = []
         self._route_gone: dict[str, RouteGoneHandler] = {}

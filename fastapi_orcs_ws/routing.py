@@ -108,6 +108,10 @@ class EventRoute:
         none."""
         """How many of one connection's events may be handled at once (1: in receive order)."""
         self.handlers: dict[str, EventHandler] = {}
+        # The handlers whose parameters a handshake must satisfy, as of `_version` (bumped
+        # whenever `handlers` changes): found once, not on every connection.
+        self._version = 0
+        self._checked: tuple[int, list[EventHandler]] | None = None
         # Merged once here, so a route that requires auth without a key fails at start-up.
         self.authenticator = router.authenticator.for_route(auth)
         router.manager._on_route_gone(path, self._vanished)
@@ -132,6 +136,7 @@ class EventRoute:
         if event in RESERVED_EVENTS and event not in LIFECYCLE_EVENTS:
             raise ValueError(f"{event!r} is reserved for the server's replies")
         self.handlers[event] = compile_handler(event, handler, path=self.path)
+        self._version += 1
 
     def emit(self, event: str, model: Any) -> None:
         """Declare that this route sends ``event`` with payloads of type ``model``."""
@@ -144,6 +149,7 @@ class EventRoute:
         if handler is None and event in self.manager.handlers:
             handler = compile_handler(event, self.manager.handlers[event], path=self.path)
             self.handlers[event] = handler
+            self._version += 1
         return handler
 
     @property
@@ -166,11 +172,24 @@ class EventRoute:
                 return proto
         return "token" if "token" in offered else None
 
+    def _handshake_handlers(self) -> list[EventHandler]:
+        """The handlers (the route's and the manager's) that declare request parameters."""
+        handlers = self.handlers
+        for event in self.manager.handlers:
+            if event not in handlers:
+                self.handler_for(event)  # compiled into `handlers` (a new version)
+        checked = self._checked
+        if checked is None or checked[0] != self._version:
+            needed = [h for h in handlers.values() if h.dependencies is not None]
+            checked = self._checked = (self._version, needed)
+        return checked[1]
+
     async def handshake_problems(self, websocket: WebSocket) -> str:
         """Why the handshake's headers, query, cookies or path cannot serve this route's
         handlers ('' when they can): checked before the first event, not at it."""
-        events = {*self.handlers, *self.manager.handlers}
-        handlers = [h for e in events if (h := self.handler_for(e)) is not None]
+        handlers = self._handshake_handlers()
+        if not handlers:
+            return ""
         errors = await validate_handshake(handlers, websocket)
         if not errors:
             return ""

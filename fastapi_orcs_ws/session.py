@@ -29,7 +29,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -115,7 +115,9 @@ async def run_session(route: EventRoute, websocket: WebSocket) -> None:
             obs.refused(route.path, "origin")
         await websocket.close(CloseCode.POLICY_VIOLATION)
         return
-    offered = [p for p in scope.get("subprotocols") or [] if isinstance(p, str)]
+    # A tuple: the frame keeps it for the connection's life, and most offer none (the empty
+    # tuple is shared).
+    offered = tuple(p for p in scope.get("subprotocols") or () if isinstance(p, str))
     try:
         auth = await authenticator.authenticate(websocket)
     except AuthenticationError as exc:
@@ -219,7 +221,7 @@ def _open(route: EventRoute, websocket: WebSocket, auth: AuthResult) -> _Session
             settings.close_timeout,
         ),
         context=base,
-        on_slow=manager._count_slow_consumer,
+        on_slow=manager._on_slow_consumer,  # one bound method per manager, not per connection
         direct_send=asgi_send(websocket),
     )
     scope[SCOPE_CONNECTION] = conn
@@ -239,7 +241,7 @@ async def _in_context(ctx: contextvars.Context, coro: Coroutine[Any, Any, None])
         await Resume(coro, step, ctx)
 
 
-def _app_protocols(offered: list[str]) -> list[str]:
+def _app_protocols(offered: Sequence[str]) -> list[str]:
     """Offered subprotocols other than the token transport (``token`` and the JWT after it)."""
     found = []
     skip = False

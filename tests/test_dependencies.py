@@ -720,3 +720,44 @@ def test_the_example_in_docs_events_runs_as_documented() -> None:
         ):
             ws.receive_json()  # no x-tenant header: refused at the handshake
         assert info.value.code == 1008 and "x-tenant" in info.value.reason
+
+
+def test_handlers_registered_after_a_connection_are_checked_at_the_next_handshake() -> None:
+    """The route keeps the list of handlers a handshake must satisfy: registering one later,
+    on the route or on the manager, is seen by the next connection."""
+    manager = WebSocketManager()
+    router = WebSocketRouter(manager=manager)
+    route = router.ws("/ws")
+
+    @route.on("plain")
+    async def plain(ws: Connection, payload: Any) -> str:
+        return "ok"
+
+    app = FastAPI()
+    app.include_router(router)
+    with TestClient(app) as client:
+        with client.websocket_connect("/ws") as ws:
+            assert ask(ws, "plain")["payload"] == "ok"
+
+        @route.on("tenant")
+        async def on_tenant(ws: Connection, payload: Any, x_tenant: Annotated[str, Header()]):
+            return x_tenant
+
+        with client.websocket_connect("/ws") as ws, pytest.raises(WebSocketDisconnect) as info:
+            ws.receive_json()  # no x-tenant header: refused at the handshake
+        assert info.value.code == 1008 and "x-tenant" in info.value.reason
+        with client.websocket_connect("/ws", headers={"x-tenant": "acme"}) as ws:
+            assert ask(ws, "tenant")["payload"] == "acme"
+
+        async def on_key(ws: Connection, payload: Any, key: Annotated[str, Query()]) -> str:
+            return key
+
+        manager.on("key", on_key)
+        with (
+            client.websocket_connect("/ws", headers={"x-tenant": "acme"}) as ws,
+            pytest.raises(WebSocketDisconnect) as info,
+        ):
+            ws.receive_json()  # a manager handler now needs ?key=
+        assert info.value.code == 1008 and "key" in info.value.reason
+        with client.websocket_connect("/ws?key=k1", headers={"x-tenant": "acme"}) as ws:
+            assert ask(ws, "key")["payload"] == "k1"

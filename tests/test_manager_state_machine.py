@@ -133,7 +133,7 @@ class ManagerMachine(RuleBasedStateMachine):
         backend = self.managers[self.node_of[cid]].backend
         assert isinstance(backend, RedisBackend)
         self.wait(
-            lambda: backend._index.client_rooms.get(cid) == self.rooms[cid],
+            lambda: backend._index.rooms_of(cid) == self.rooms[cid],
             f"the owner's view of {cid}'s rooms",
         )
 

@@ -23,6 +23,9 @@ class MemoryBackend(Backend):
         self._index = RoomIndex()
         self._history = MemoryHistory()
         self._info: dict[str, dict[str, Any]] = {}
+        # A client's info is mostly just its route: those clients share one dict per route
+        # (never mutated, never handed out: every reader gets a copy).
+        self._route_info: dict[str, dict[str, Any]] = {}
         self._users: dict[str, set[str]] = {}
 
     async def start(self, node: Node) -> None:
@@ -32,11 +35,19 @@ class MemoryBackend(Backend):
         self._index.clear()
         self._history.clear()  # a restarted process has lost its history: new epochs
         self._info.clear()
+        self._route_info.clear()
         self._users.clear()
 
     async def add_client(self, client_id: str, info: Mapping[str, Any] | None = None) -> None:
         self._index.add_client(client_id)
         if info:
+            route = info.get("route")
+            if len(info) == 1 and type(route) is str:
+                shared = self._route_info.get(route)
+                if shared is None:
+                    shared = self._route_info[route] = {"route": route}
+                self._info[client_id] = shared
+                return
             self._info[client_id] = dict(info)
             user_id = info.get("user_id")
             if isinstance(user_id, str):
@@ -110,7 +121,7 @@ class MemoryBackend(Backend):
 
     async def presence(self, room: str) -> dict[str, dict[str, Any]]:
         info = self._info
-        return {cid: info.get(cid, {}) for cid in self._index.members(room) or ()}
+        return {cid: dict(info.get(cid) or {}) for cid in self._index.members(room) or ()}
 
     async def client_info(self, client_id: str) -> dict[str, Any]:
         return dict(self._info.get(client_id, {}))
