@@ -616,6 +616,10 @@ class _Session:
                 result = await handler.start(conn, envelope.payload)
             except Exception as exc:
                 reply = await _failed(conn, event, exc, msg_id)
+            except asyncio.CancelledError as exc:
+                if _cancelled():
+                    raise
+                reply = await _failed(conn, event, exc, msg_id)
             else:
                 reply = None if msg_id is None else _ack(conn, event, result, msg_id)
         else:
@@ -665,10 +669,21 @@ async def _call(conn: Connection, handler: EventHandler, payload: Any, msg_id: A
         result = await handler.start(conn, payload)
     except Exception as exc:
         return await _failed(conn, handler.event, exc, msg_id)
+    except asyncio.CancelledError as exc:
+        if _cancelled():
+            raise
+        return await _failed(conn, handler.event, exc, msg_id)
     return None if msg_id is None else _ack(conn, handler.event, result, msg_id)
 
 
-async def _failed(conn: Connection, event: str, exc: Exception, msg_id: Any) -> str | None:
+def _cancelled() -> bool:
+    """Whether this task is being cancelled: a CancelledError that a handler raised while it
+    is not (it awaited a cancelled future or task) is the handler's failure, not a shutdown."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+async def _failed(conn: Connection, event: str, exc: BaseException, msg_id: Any) -> str | None:
     """The answer to a handler that raised ``exc`` (called in its ``except`` block)."""
     if isinstance(exc, InvalidPayload):
         count = exc.error.error_count()

@@ -671,3 +671,36 @@ async def test_the_inbound_queue_holds_a_flood_without_losing_events() -> None:
             await send(ws, "n", 500, id="last")
             await wait_for(ws, "ack", timeout=20)
     assert got == list(range(501))
+
+
+@pytest.mark.parametrize("suspends", [False, True], ids=["inline", "after-a-wait"])
+async def test_a_cancelled_error_a_handler_raises_is_its_failure_not_a_shutdown(
+    suspends: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler that awaits a cancelled future gets CancelledError while nothing cancels the
+    connection: the client gets internal_error and the connection goes on."""
+    router = WebSocketRouter()
+    route = router.ws("/ws")
+
+    @route.on("bad")
+    async def bad(ws: Connection, payload: Any) -> None:
+        if suspends:
+            await asyncio.sleep(0)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    @route.on("ping")
+    async def ping(ws: Connection, payload: Any) -> str:
+        return "pong"
+
+    app = FastAPI()
+    app.include_router(router)
+    with serve(app) as server:
+        async with client(server.ws_url("/ws")) as ws:
+            await send(ws, "bad", id=1)
+            reply = await recv(ws)
+            assert (reply["id"], reply["payload"]["code"]) == (1, "internal_error")
+            await send(ws, "ping", id=2)
+            assert (await recv(ws))["payload"] == "pong"
+    assert "handler for event 'bad' raised" in caplog.text
