@@ -84,40 +84,36 @@ class EventHandler:
         `InvalidPayload`) and the handler's own coroutine is returned."""
         if not self.direct:
             return self(conn, raw_payload)
-        payload = raw_payload
-        if self.adapter is not None:
-            try:
-                payload = self.adapter.validate_python(raw_payload)
-            except ValidationError as exc:
-                raise InvalidPayload(exc) from None
-        positional = self.positional
-        if positional == _CONN_PAYLOAD and not self.keywords:
+        payload = raw_payload if self.adapter is None else self._validated(raw_payload)
+        if self.positional == _CONN_PAYLOAD and not self.keywords:
             return self.func(conn, payload)  # type: ignore[no-any-return]
-        args = [
-            conn if kind == _CONN else payload if kind == _PAYLOAD else _value(kind, conn)
-            for kind in positional
-        ]
-        kwargs = {name: _value(kind, conn, payload) for name, kind in self.keywords}
+        args, kwargs = self._arguments(conn, payload)
         return self.func(*args, **kwargs)  # type: ignore[no-any-return]
 
     async def __call__(self, conn: Connection, raw_payload: Any) -> Any:
-        payload = raw_payload
-        if self.adapter is not None:
-            try:
-                payload = self.adapter.validate_python(raw_payload)
-            except ValidationError as exc:
-                raise InvalidPayload(exc) from None
-        # The hot path (every message of every client): no per-kind function calls.
-        args = [
-            conn if kind == _CONN else payload if kind == _PAYLOAD else _value(kind, conn)
-            for kind in self.positional
-        ]
-        kwargs = {name: _value(kind, conn, payload) for name, kind in self.keywords}
+        payload = raw_payload if self.adapter is None else self._validated(raw_payload)
+        args, kwargs = self._arguments(conn, payload)
         if self.dependencies is None:
             if self.is_async:
                 return await self.func(*args, **kwargs)
             return await anyio.to_thread.run_sync(functools.partial(self.func, *args, **kwargs))
         return await self._call_solved(conn, args, kwargs)
+
+    def _validated(self, raw_payload: Any) -> Any:
+        """The payload as the handler's annotation wants it, or raise `InvalidPayload`."""
+        assert self.adapter is not None
+        try:
+            return self.adapter.validate_python(raw_payload)
+        except ValidationError as exc:
+            raise InvalidPayload(exc) from None
+
+    def _arguments(self, conn: Connection, payload: Any) -> tuple[list[Any], dict[str, Any]]:
+        # The hot path (every message of every client): no per-kind function calls.
+        args = [
+            conn if kind == _CONN else payload if kind == _PAYLOAD else _value(kind, conn)
+            for kind in self.positional
+        ]
+        return args, {name: _value(kind, conn, payload) for name, kind in self.keywords}
 
     async def _call_solved(self, conn: Connection, args: list[Any], kwargs: dict[str, Any]) -> Any:
         assert self.dependencies is not None
