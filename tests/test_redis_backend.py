@@ -398,7 +398,8 @@ async def test_membership_stays_while_the_vanished_handler_runs_and_goes_after(
     # (The handlers run side by side: b2's, which fails at once, may be over and b2 gone.)
     rooms, lobby, connections = during["b1"]
     assert rooms == {"games", "lobby"} and {"a1", "b1"} <= lobby <= {"a1", "b1", "b2"}
-    assert connections == len(lobby)
+    # a1 and b1 itself are counted; b2 may leave between the handler's queries.
+    assert 2 <= connections <= 3
     assert during["b2"][0] == {"lobby"} and {"a1", "b2"} <= during["b2"][1]
     # After the handler (even one that failed): gone from every room and from the stats.
     assert await a.backend.room_clients("lobby") == {"a1"}
