@@ -14,7 +14,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from ._observer import utf8_size
 from ._outbox import AsgiSend, Message, Outbox, SendPolicy, settle
-from .protocol import CloseCode, truncate_reason, validate_close_code
+from .protocol import CloseCode, encode, truncate_reason, validate_close_code
 
 if TYPE_CHECKING:
     from .manager import WebSocketManager
@@ -72,10 +72,10 @@ class Connection:
         "_on_slow",
         "_on_stalled",
         "_outbox",
-        "_server_closed",
         "_state",
         "close_code",
         "close_reason",
+        "closed_by_server",
         "data",
         "websocket",
     )
@@ -94,7 +94,10 @@ class Connection:
         self.websocket = websocket
         self.data = data
         self._state = ConnectionState.OPEN
-        self._server_closed = False
+        self.closed_by_server = False
+        """True once this side asked to close (a kick, an expiry, a refusal, a slow consumer).
+        Read it; the connection sets it. (An attribute, not a property: the reader checks it
+        on every frame.)"""
         self._on_slow = on_slow
         self._on_stalled: Callable[[], None] | None = None
         self._outbox = Outbox(
@@ -143,11 +146,6 @@ class Connection:
         return self._state is not ConnectionState.OPEN
 
     @property
-    def closed_by_server(self) -> bool:
-        """True once this side asked to close (a kick, an expiry, a refusal, a slow consumer)."""
-        return self._server_closed
-
-    @property
     def queued(self) -> int:
         """Frames waiting to be written to this client."""
         return self._outbox.queued
@@ -169,7 +167,10 @@ class Connection:
             EncodeError: ``payload`` cannot be encoded as strict JSON.
         """
         manager = self.data.manager
-        frame = manager.encode_event(event, payload)
+        # `manager.encode_event`, inlined unless it has payloads to check (debug mode).
+        frame = (
+            manager.encode_event(event, payload) if manager.checks_emits else encode(event, payload)
+        )
         # `send_frame_async`, inlined: one coroutine less on every send.
         pending: list[Any] = []
         sent = self._outbox.offer({"type": "websocket.send", "text": frame}, pending)
@@ -225,7 +226,7 @@ class Connection:
         if self._state is not ConnectionState.OPEN:
             return
         self._state = ConnectionState.CLOSING
-        self._server_closed = True
+        self.closed_by_server = True
         message = {"type": "websocket.close", "code": code, "reason": truncate_reason(reason)}
         self._outbox.offer_close(message, pending)
 
@@ -250,7 +251,7 @@ class Connection:
             self.websocket.application_state = WebSocketState.DISCONNECTED
 
     def _stalled(self, why: str) -> None:
-        self._server_closed = True
+        self.closed_by_server = True
         self.ended(CloseCode.SLOW_CONSUMER, "slow consumer")
         if self._on_slow is not None:
             self._on_slow(self, why)

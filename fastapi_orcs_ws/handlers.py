@@ -77,6 +77,9 @@ class EventHandler:
     """Injected values passed by name."""
     direct: bool = False
     """An ``async def`` handler without FastAPI parameters: `start` calls it directly."""
+    plain: bool = False
+    """A `direct` handler taking ``(conn, payload)`` with the payload passed through
+    (``Any``/unannotated): the session calls ``func(conn, payload)`` itself."""
 
     def start(self, conn: Connection, raw_payload: Any) -> Awaitable[Any]:
         """What ``await handler(conn, raw_payload)`` awaits, without a coroutine of its own
@@ -237,6 +240,13 @@ def compile_handler(event: str, func: Callable[..., Any], *, path: str = "") -> 
         positional=tuple(positional),
         keywords=tuple(keywords),
         direct=is_async and dependencies is None,
+        plain=(
+            is_async
+            and dependencies is None
+            and adapter is None
+            and tuple(positional) == _CONN_PAYLOAD
+            and not keywords
+        ),
     )
 
 

@@ -164,6 +164,9 @@ class WebSocketManager:
             self.settings.max_connections_per_user,
         )
         self._emit_checks: dict[str, TypeAdapter[Any]] = {}
+        self.checks_emits = False
+        """Whether `encode_event` checks payloads against declared ``emits`` (debug mode,
+        once a route declares some). Read it; `declare_emits` sets it."""
         self._room_rules = RoomRules()
         self._presence_rooms = False
         self._holds: dict[str, dict[str, Hold]] = {}
@@ -740,6 +743,7 @@ class WebSocketManager:
         if self.settings.debug:
             for event, model in emits.items():
                 self._emit_checks[event] = TypeAdapter(model)
+            self.checks_emits = bool(self._emit_checks)
 
     # -- local connections --------------------------------------------------------------
 

@@ -27,12 +27,18 @@ try:  # optional (the `orjson` extra): a faster encoder for plain JSON values
 except ImportError:  # pragma: no cover - the suite runs with and without it
     _orjson = None  # type: ignore[assignment]
 
+try:  # optional (the `msgspec` extra): a faster decoder for inbound frames
+    import msgspec as _msgspec
+except ImportError:  # pragma: no cover - the suite runs with and without it
+    _msgspec = None  # type: ignore[assignment]
+
 __all__ = [
     "CloseCode",
     "Envelope",
     "ErrorCode",
     "ProtocolError",
     "decode_envelope",
+    "decode_parts",
     "encode",
     "encode_error",
     "truncate_reason",
@@ -402,37 +408,60 @@ def _finite_float(literal: str) -> float:
     return value
 
 
+# msgspec reads what pydantic-core reads (big integers exactly, no NaN or Infinity) and refuses
+# numbers past the float range (1e400) itself, at about half the cost with no pre-scan. Its
+# nesting limit is deeper than pydantic-core's (about 200, which the protocol keeps), so a frame
+# that could nest deeper than that takes the pydantic-core path below. Anything msgspec refuses
+# is decoded again on that path, which words the error: the fast path changes only the speed
+# (tests/test_fuzz.py compares the two paths on generated frames).
+_fast_decode = _msgspec.json.Decoder().decode if _msgspec is not None else None
+# UnicodeEncodeError: a str holding a lone surrogate (never from a socket; from Python code).
+_FAST_ERRORS = (_msgspec.MsgspecError, UnicodeEncodeError) if _msgspec is not None else ()
+MAX_FAST_DEPTH_CHARS = 400
+"""Frames up to this many characters nest at most 200 deep (as pydantic-core allows)."""
+MAX_DEPTH = 200
+"""How deep a frame's JSON may nest (pydantic-core's limit, kept with either decoder)."""
+
+
 def decode_envelope(text: str) -> Envelope:
-    """Decode and check one inbound text frame, or raise `ProtocolError`."""
-    try:
-        # A number that may be past the float range (the patterns above), or a long non-ASCII frame.
-        if (
-            (len(text) > LARGE_FRAME_CHARS and not text.isascii())
-            or _EXPONENT.search(text) is not None
-            or ("E" in text and _EXPONENT_ANY.search(text) is not None)
-            or (len(text) > 308 and _LONG_NUMBER.search(text) is not None)
-        ):
-            # pydantic-core copies non-ASCII text to UTF-8 first: a 16 MiB frame would cost
-            # 3-4x its size. The stdlib decoder builds only the result, and lets us refuse a
-            # number past the float range (1e400), which would otherwise become infinity.
-            data = _json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-        else:
-            # pydantic-core bounds nesting depth and we refuse NaN/Infinity.
-            data = from_json(text, allow_inf_nan=False)
-    except RecursionError:
-        raise ProtocolError(
-            "frame is not valid JSON: nested too deeply", ErrorCode.INVALID_JSON
-        ) from None
-    except ValueError as exc:
-        message = f"frame is not valid JSON: {_short(exc)}"
-        raise ProtocolError(message, ErrorCode.INVALID_JSON) from None
-    if not isinstance(data, dict):
+    """Decode and check one inbound text frame, or raise `ProtocolError`.
+
+    A frame is a JSON object (RFC 8259) with a non-empty string ``event``, any ``payload``
+    (default ``None``) and an optional ``id``: a string of at most `MAX_ID_CHARS` characters
+    or an integer within ±`MAX_SAFE_INTEGER`. Numbers past the float range, ``NaN`` and
+    ``Infinity`` are refused, as is nesting deeper than about 200.
+
+    Raises:
+        ProtocolError: with ``code`` ``invalid_json`` (not JSON, or refused as above) or
+            ``invalid_envelope`` (JSON, but not the shape above).
+    """
+    return Envelope(*decode_parts(text))
+
+
+def decode_parts(text: str) -> tuple[str, Any, str | int | None]:
+    """`decode_envelope` as a tuple ``(event, payload, id)``: what the session's reader uses
+    on every frame (no object to build). Raises `ProtocolError` as `decode_envelope` does.
+    """
+    if _fast_decode is not None and (
+        len(text) <= MAX_FAST_DEPTH_CHARS
+        or (
+            (len(text) <= LARGE_FRAME_CHARS or text.isascii())
+            and text.count("[") + text.count("{") <= MAX_DEPTH
+        )
+    ):
+        try:
+            data = _fast_decode(text)
+        except _FAST_ERRORS:
+            data = _decode_json(text)  # refused: the error, in this module's words
+    else:
+        data = _decode_json(text)
+    if type(data) is not dict:
         raise ProtocolError(
             'frame must be a JSON object {"event": ..., "payload": ...}',
             ErrorCode.INVALID_ENVELOPE,
         )
     event = data.get("event")
-    if not isinstance(event, str) or not event:
+    if type(event) is not str or not event:
         raise ProtocolError('"event" must be a non-empty string', ErrorCode.INVALID_ENVELOPE)
     msg_id = data.get("id")
     if msg_id is not None:  # most frames have none: no checks to pay for
@@ -448,7 +477,39 @@ def decode_envelope(text: str) -> Envelope:
             raise ProtocolError(
                 f'"id" is at most {MAX_ID_CHARS} characters', ErrorCode.INVALID_ENVELOPE
             )
-    return Envelope(event, data.get("payload"), msg_id)  # by position: ~0.1 us less
+    return event, data.get("payload"), msg_id
+
+
+def _decode_json(text: str) -> Any:
+    """The JSON value of ``text`` by pydantic-core (or the stdlib), or raise `ProtocolError`."""
+    try:
+        # A number that may be past the float range (the patterns above), or a long non-ASCII frame.
+        if (
+            (len(text) > LARGE_FRAME_CHARS and not text.isascii())
+            or _EXPONENT.search(text) is not None
+            or ("E" in text and _EXPONENT_ANY.search(text) is not None)
+            or (len(text) > 308 and _LONG_NUMBER.search(text) is not None)
+        ):
+            # pydantic-core copies non-ASCII text to UTF-8 first: a 16 MiB frame would cost
+            # 3-4x its size. The stdlib decoder builds only the result, and lets us refuse a
+            # number past the float range (1e400), which would otherwise become infinity.
+            return _json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        # pydantic-core bounds nesting depth and we refuse NaN/Infinity.
+        return from_json(text, allow_inf_nan=False)
+    except RecursionError:
+        raise ProtocolError(
+            "frame is not valid JSON: nested too deeply", ErrorCode.INVALID_JSON
+        ) from None
+    except ValueError as exc:
+        message = f"frame is not valid JSON: {_short(exc)}"
+        raise ProtocolError(message, ErrorCode.INVALID_JSON) from None
+    except TypeError:
+        # pydantic-core's answer to a str it cannot make UTF-8 of: one holding a lone
+        # surrogate (never read from a socket, where frames are UTF-8; built in Python).
+        raise ProtocolError(
+            "frame is not valid JSON: it holds a lone surrogate, which UTF-8 cannot carry",
+            ErrorCode.INVALID_JSON,
+        ) from None
 
 
 def validate_close_code(code: int) -> int:

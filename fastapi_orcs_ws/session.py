@@ -61,6 +61,7 @@ from .protocol import (
     ErrorCode,
     ProtocolError,
     decode_envelope,
+    decode_parts,
     encode,
     encode_error,
     truncate_reason,
@@ -283,6 +284,7 @@ class _Session:
         "inbound_max_bytes",
         "inbound_max_items",
         "limit",
+        "manager",
         "refused",
         "route",
         "tg",
@@ -290,6 +292,7 @@ class _Session:
 
     def __init__(self, route: EventRoute, conn: Connection, base: contextvars.Context) -> None:
         self.route = route
+        self.manager = route.manager
         self.conn = conn
         self.base = base
         """Each event's handler runs in a copy of this, as each HTTP request gets its own:
@@ -361,7 +364,8 @@ class _Session:
         websocket = conn.websocket
         # The ASGI receive itself while Starlette's state says connected (_starlette_compat).
         raw_receive = asgi_receive(websocket)
-        obs, path = self.route.manager.observer, self.route.path
+        obs, path = self.manager.observer, self.route.path
+        handlers = self.route.handlers
         concurrency = self.route.concurrency
         limiter = anyio.Semaphore(concurrency) if concurrency > 1 else None
         task = asyncio.current_task()
@@ -430,11 +434,39 @@ class _Session:
                 assert self.tg is not None
                 self.tg.create_task(self._dispatch_released(item, limiter))
                 continue
-            coro = self._dispatch(item)
+            direct = None
+            if type(item) is str:
+                try:
+                    event, payload, msg_id = decode_parts(item)
+                except ProtocolError as exc:
+                    coro = self._refuse(exc)
+                else:
+                    handler = handlers.get(event)
+                    if (
+                        handler is not None
+                        and handler.plain
+                        and msg_id is None
+                        and obs is None
+                        and event not in RESERVED_EVENTS
+                    ):
+                        # The common case: the application's coroutine itself, no layer of
+                        # ours around it (its failure is handled below).
+                        direct = event
+                        coro = handler.func(conn, payload)
+                    else:
+                        coro = self._handle(event, payload, msg_id)
+            else:
+                coro = self._dispatch(item)
             # Its first step, in the event's own context; `next` with a default ends a
             # coroutine that returns without an exception (cheaper, and no frame kept).
             ctx = self.base.copy()
-            step = ctx.run(next, coro.__await__(), _DONE)
+            try:
+                step = ctx.run(next, coro.__await__(), _DONE)
+            except (Exception, asyncio.CancelledError) as exc:
+                if direct is None or (isinstance(exc, asyncio.CancelledError) and _cancelled()):
+                    raise
+                await _in_context(ctx, self._failed_direct(direct, exc))
+                continue
             if step is _DONE:
                 continue
             # The handler suspended: it stays in this task; reading moves to a new one.
@@ -443,13 +475,30 @@ class _Session:
                 async with asyncio.TaskGroup() as tg:
                     self.tg = tg
                     tg.create_task(self._read(), context=self.base.copy())
-                    await Resume(coro, step, ctx)
+                    await self._resume(coro, step, ctx, direct)
                     await self._finish_queued()
                 return None
             self.tg.create_task(self._read(), context=self.base.copy())
-            await Resume(coro, step, ctx)
+            await self._resume(coro, step, ctx, direct)
             await self._finish_queued()
             return None
+
+    async def _resume(
+        self, coro: Coroutine[Any, Any, Any], step: Any, ctx: contextvars.Context, direct: Any
+    ) -> None:
+        """Finish a handler that suspended in its first step (in ``ctx``, in this task)."""
+        try:
+            await Resume(coro, step, ctx)
+        except (Exception, asyncio.CancelledError) as exc:
+            if direct is None or (isinstance(exc, asyncio.CancelledError) and _cancelled()):
+                raise
+            await _in_context(ctx, self._failed_direct(direct, exc))
+
+    async def _failed_direct(self, event: str, exc: BaseException) -> None:
+        """What `_handle` does when a handler raises, for one the reader called directly."""
+        reply = await _failed(self.conn, event, exc, None)
+        if reply is not None:
+            await self.conn.send_frame_async(reply)
 
     def _end_of_input(self) -> None:
         if self.conn.close_code is None:
@@ -579,13 +628,21 @@ class _Session:
             )
             return
         try:
-            envelope = decode_envelope(text)
+            event, payload, msg_id = decode_parts(text)
         except ProtocolError as exc:
-            self._protocol_error(exc.code)
-            await conn.send_frame_async(encode_error(exc.message, exc.code))
+            await self._refuse(exc)
             return
-        event = envelope.event
-        msg_id = envelope.id
+        await self._handle(event, payload, msg_id)
+
+    async def _refuse(self, exc: ProtocolError) -> None:
+        """Answer a frame that breaks the protocol."""
+        self._protocol_error(exc.code)
+        await self.conn.send_frame_async(encode_error(exc.message, exc.code))
+
+    async def _handle(self, event: str, payload: Any, msg_id: str | int | None) -> None:
+        """Run the handler of a decoded event and answer it (ack or error), as the protocol
+        says."""
+        conn = self.conn
         if event in RESERVED_EVENTS:
             self._protocol_error(ErrorCode.RESERVED_EVENT)
             await conn.send_frame_async(
@@ -610,10 +667,13 @@ class _Session:
                 )
             )
             return
-        if self.route.manager.observer is None:
+        if self.manager.observer is None:
             # `_call`, inlined: no coroutine of its own for the common case.
             try:
-                result = await handler.start(conn, envelope.payload)
+                if handler.plain:  # `handler.start`, inlined
+                    result = await handler.func(conn, payload)
+                else:
+                    result = await handler.start(conn, payload)
             except Exception as exc:
                 reply = await _failed(conn, event, exc, msg_id)
             except asyncio.CancelledError as exc:
@@ -623,17 +683,17 @@ class _Session:
             else:
                 reply = None if msg_id is None else _ack(conn, event, result, msg_id)
         else:
-            reply = await self._observed(event, _call(conn, handler, envelope.payload, msg_id))
+            reply = await self._observed(event, _call(conn, handler, payload, msg_id))
         if reply is not None:
             await conn.send_frame_async(reply)
 
     def _observed(self, event: str, call: Awaitable[_T]) -> Awaitable[_T]:
         """``call``, timed and traced when the manager is observed (metrics, tracing)."""
-        obs = self.route.manager.observer
+        obs = self.manager.observer
         return call if obs is None else obs.handle(self.route, self.conn, event, call)
 
     def _protocol_error(self, code: str) -> None:
-        obs = self.route.manager.observer
+        obs = self.manager.observer
         if obs is not None:
             obs.protocol_error(self.route.path, code)
 

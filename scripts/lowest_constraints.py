@@ -1,11 +1,11 @@
 """Print pip constraints that pin every runtime dependency to its declared lower bound.
 
 Reads ``pyproject.toml``: ``[project].dependencies`` and the extras a user installs
-(``redis``, ``testing``, ``client``, ``metrics``, ``otel``, ``orjson``). Each requirement must
-have a ``>=`` lower bound (exit 1 naming the ones that do not); the development tools of ``dev`` are
-not pinned. Used by
-``scripts/test-lowest.sh``; ``--check VENV_PYTHON`` instead verifies that an installed
-environment holds exactly those versions.
+(``redis``, ``testing``, ``client``, ``metrics``, ``otel``, ``orjson``, ``msgspec``). Each
+requirement must have a ``>=`` lower bound (exit 1 naming the ones that do not); the
+development tools of ``dev`` are not pinned. Used by ``scripts/test-lowest.sh``;
+``--check VENV_PYTHON`` instead verifies that an installed environment holds exactly those
+versions.
 
 Usage: python scripts/lowest_constraints.py [--check .venv-lowest/bin/python]
 """
@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-USER_EXTRAS = ("redis", "testing", "client", "metrics", "otel", "orjson")
+USER_EXTRAS = ("redis", "testing", "client", "metrics", "otel", "orjson", "msgspec")
 # name[extras] >=version [, more specifiers] [; marker]
 REQUIREMENT = re.compile(
     r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?P<spec>[^;]*)(?:;.*)?$"

@@ -2,7 +2,7 @@
 # Run the test suite against the LOWEST versions pyproject.toml allows.
 #
 # A second environment, .venv-lowest, gets every runtime dependency, and those of the extras
-# users install (redis, testing, client, metrics, otel, orjson), pinned to its lower bound by a
+# users install (redis, testing, client, metrics, otel, orjson, msgspec), pinned to its lower bound by a
 # constraints file that scripts/lowest_constraints.py generates from pyproject.toml; the test
 # tools are the newest that fit.
 # It then checks the installed versions are exactly the bounds, and runs pytest.

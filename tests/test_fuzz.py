@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
-from fastapi_orcs_ws import Connection, ErrorCode, WebSocketRouter, WebSocketSettings
+from fastapi_orcs_ws import Connection, ErrorCode, WebSocketRouter, WebSocketSettings, protocol
 from fastapi_orcs_ws.protocol import (
     LARGE_FRAME_CHARS,
     MAX_ID_CHARS,
@@ -34,6 +34,7 @@ from fastapi_orcs_ws.protocol import (
     Envelope,
     ProtocolError,
     decode_envelope,
+    decode_parts,
 )
 from fastapi_orcs_ws.testing import EventClient, EventSession
 
@@ -175,6 +176,81 @@ def test_large_non_ascii_frames_decode_the_same_way(value: dict[str, Any], unit:
     assert (got is None) == (expected is None)
     if got is not None and expected is not None:
         assert (got.event, got.payload, got.id) == (expected.event, expected.payload, expected.id)
+
+
+# -- the two decoders: msgspec's fast path and pydantic-core's must give the same answers --
+
+numbers = st.one_of(
+    st.integers(),
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from([2**63, 2**64, 2**53, -(2**63) - 1]).map(str),
+    st.floats().map(repr),
+    st.sampled_from(
+        [
+            "1e308",
+            "1.7976931348623157e308",
+            "1.7976931348623159e308",
+            "1e309",
+            "-1e400",
+            "1E400",
+            "1e-400",
+            "5e-324",
+            "-0",
+            "-0.0",
+            "0.1e1",
+            "1" * 30,
+            "-" + "9" * 19,
+            "1" + "0" * 308,
+            "1" + "0" * 309 + ".5",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+        ]
+    ),
+).map(str)
+json_ish = st.text(alphabet='{}[]",:0123456789.eE+-truefalsn \\u00e9\ud83d\ude00\x01', max_size=60)
+escapes = st.sampled_from(
+    ['"\\ud800"', '"\\udc00\\ud800"', '"\\ud83d\\ude00"', '"\\u0000"', '"\x01"']
+)
+decoder_inputs = st.one_of(
+    texts,
+    json_ish,
+    numbers.map(lambda n: '{"event": "e", "payload": [' + n + "]}"),
+    numbers.map(lambda n: '{"event": "e", "id": ' + n + "}"),
+    escapes.map(lambda e: '{"event": ' + e + ', "payload": ' + e + "}"),
+    st.integers(190, 210).map(lambda n: '{"event": "e", "payload": ' + "[" * n + "]" * n + "}"),
+    st.integers(1, 120).map(
+        lambda n: '{"event": "e", "payload": ' + "[{}," * n + "1" + "]" * n + "}"
+    ),
+)
+
+
+def outcome(decode: Any, text: str) -> tuple[str, str]:
+    """What a decoder made of ``text``, as text that tells 1 from 1.0 and -0.0 from 0.0."""
+    try:
+        return "ok", repr(decode(text))
+    except ProtocolError as exc:
+        return exc.code, exc.message
+
+
+def decode_without_msgspec(text: str) -> tuple[str, Any, Any]:
+    fast = protocol._fast_decode
+    protocol._fast_decode = None
+    try:
+        return decode_parts(text)
+    finally:
+        protocol._fast_decode = fast
+
+
+@pytest.mark.skipif(protocol._fast_decode is None, reason="the msgspec extra is not installed")
+@settings(FUZZ, max_examples=1500)
+@given(decoder_inputs)
+def test_the_msgspec_path_decodes_exactly_as_pydantic_core(text: str) -> None:
+    assert outcome(decode_parts, text) == outcome(decode_without_msgspec, text)
 
 
 @pytest.mark.parametrize("number", ["1e400", "-1e999", "1" + "0" * 400 + ".0"])

@@ -66,9 +66,7 @@ async def run_binding(app: FastAPI, seen: list[str]) -> None:
         await wait_until(lambda: bool(seen))
 
 
-async def test_an_event_handlers_context_does_not_reach_disconnect_with_a_connect_handler() -> (
-    None
-):
+async def test_an_event_handlers_context_does_not_reach_disconnect_with_a_connect_handler() -> None:
     # The control: with a `connect` handler the session is supervised from the start and the
     # readers are child tasks, so the disconnect handler sees the connection's own context.
     app, seen = binding_app(with_connect=True)
@@ -160,3 +158,65 @@ async def test_each_event_runs_in_its_own_context(with_connect: bool) -> None:
             assert (await recv(ws))["payload"] == "unset"
         await wait_until(lambda: bool(seen) and bool(after_app))
     assert seen == ["unset"] and after_app == ["unset"]
+
+
+# -- the direct path: a `(ws, payload)` handler sent without an id is the reader's own call --
+
+
+def failing_app(caplog: pytest.LogCaptureFixture) -> FastAPI:
+    router = WebSocketRouter()
+    route = router.ws("/ws")
+
+    @route.on("fail")
+    async def fail(ws: Connection, payload: Any) -> None:
+        if payload == "later":
+            await asyncio.sleep(0.01)  # suspends: finished by the task that started it
+        if payload == "cancelled":
+            raise asyncio.CancelledError  # raised by the handler, not a cancellation
+        if payload == "close":
+            from starlette.exceptions import WebSocketException
+
+            raise WebSocketException(4003, "go away")
+        raise RuntimeError(f"boom {payload}")
+
+    @route.on("ping")
+    async def ping(ws: Connection, payload: Any) -> None:
+        await ws.send("pong", payload)
+
+    app = FastAPI()
+    app.include_router(router)
+    return app
+
+
+@pytest.mark.parametrize("when", ["at-once", "later", "cancelled"])
+async def test_a_direct_handler_that_raises_is_answered_logged_and_the_connection_lives(
+    when: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("ERROR", logger="fastapi_orcs_ws")
+    with serve(failing_app(caplog)) as server:
+        async with client(server.ws_url("/ws")) as ws:
+            await send(ws, "fail", when)  # no id: the reader calls the handler directly
+            error = await expect(ws, "error")
+            assert error["payload"]["code"] == "internal_error"
+            assert error["payload"]["event"] == "fail"
+            assert "id" not in error
+            await send(ws, "ping", 7)  # the session goes on
+            assert (await expect(ws, "pong"))["payload"] == 7
+    assert any(
+        r.levelname == "ERROR" and "handler for event 'fail' raised" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+
+
+async def test_a_direct_handler_that_raises_websocket_exception_closes_with_its_code(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    with serve(failing_app(caplog)) as server:
+        async with client(server.ws_url("/ws")) as ws:
+            await send(ws, "fail", "close")
+            with pytest.raises(ConnectionClosed):
+                await recv(ws)
+            assert ws.close_code == 4003
+            assert ws.close_reason == "go away"
