@@ -394,9 +394,13 @@ def _refuse_constant(name: str) -> Any:
 
 _EXPONENT = re.compile(r"e\+?\d{3}")  # a literal first char: re's fast scan
 _EXPONENT_ANY = re.compile(r"[eE]\+?\d{3}")
-_LONG_NUMBER = re.compile(r"\d{309}")
+# 210, not 309: a number overflows when its integer digits plus its exponent pass 308, and an
+# exponent without 3 digits is at most 99, so 210 integer digits with e99 (``18`` and 208 zeros
+# then ``e99``: 1.8e308) overflow too; with \d{309} pydantic-core read such a number as inf.
+_LONG_NUMBER = re.compile(r"\d{210}")
+_LONG_NUMBER_CHARS = 210
 # Together: whether a frame may hold a number past the float range (a 3-digit exponent, or
-# 309+ digits). Cheap on the usual frame (well under a microsecond for a small one).
+# 210+ digits). Cheap on the usual frame (well under a microsecond for a small one).
 
 
 def _finite_float(literal: str) -> float:
@@ -488,7 +492,7 @@ def _decode_json(text: str) -> Any:
             (len(text) > LARGE_FRAME_CHARS and not text.isascii())
             or _EXPONENT.search(text) is not None
             or ("E" in text and _EXPONENT_ANY.search(text) is not None)
-            or (len(text) > 308 and _LONG_NUMBER.search(text) is not None)
+            or (len(text) >= _LONG_NUMBER_CHARS and _LONG_NUMBER.search(text) is not None)
         ):
             # pydantic-core copies non-ASCII text to UTF-8 first: a 16 MiB frame would cost
             # 3-4x its size. The stdlib decoder builds only the result, and lets us refuse a

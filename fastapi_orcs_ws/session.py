@@ -465,8 +465,11 @@ class _Session:
             except (Exception, asyncio.CancelledError) as exc:
                 if direct is None or (isinstance(exc, asyncio.CancelledError) and _cancelled()):
                     raise
-                await _in_context(ctx, self._failed_direct(direct, exc))
-                continue
+                # The answer is the event's coroutine now, as it is inside `_handle`: its error
+                # reply (or close) may wait for a client that is behind, and reading must go on
+                # meanwhile (awaited here, this task read nothing until the write finished).
+                coro, direct = self._failed_direct(direct, exc), None
+                step = ctx.run(next, coro.__await__(), _DONE)
             if step is _DONE:
                 continue
             # The handler suspended: it stays in this task; reading moves to a new one.
