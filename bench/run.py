@@ -1371,6 +1371,13 @@ def main() -> None:
         f"tree's package taken at the start ({OURS_SNAPSHOT_DIR}), so that edits made by others "
         "during the run do not change it",
     )
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=0,
+        help="interleaved runs per server and workload, the median reported (default 3; "
+        "--quick 1); more runs average out a machine whose speed drifts during the suite",
+    )
     p.add_argument("--out", default=str(RESULTS / "latest.json"))
     p.add_argument("--fanout-n", default="", help="override the receiver counts, e.g. 1000,5000")
     p.add_argument(
@@ -1397,6 +1404,8 @@ def main() -> None:
             p.error(f"unknown server {s}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     c = cfg(a.quick)
+    if a.runs:
+        c["runs"] = a.runs
     if a.fanout_n:
         c["fanout_n"] = [int(x) for x in a.fanout_n.split(",")]
     notes: list[str] = []
@@ -1474,7 +1483,7 @@ def main() -> None:
         else "pinning: off"
     )
     log(
-        f"mode: {'quick (1 run)' if a.quick else 'full (median of 3)'}; "
+        f"mode: {'quick' if a.quick else 'full'} (median of {c['runs']}); "
         f"servers {servers}; workloads {workloads}"
     )
 

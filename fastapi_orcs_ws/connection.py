@@ -69,6 +69,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_asgi_send",
         "_on_slow",
         "_on_stalled",
         "_outbox",
@@ -100,8 +101,9 @@ class Connection:
         on every frame.)"""
         self._on_slow = on_slow
         self._on_stalled: Callable[[], None] | None = None
+        self._asgi_send = send if send is not None else websocket.send
         self._outbox = Outbox(
-            send if send is not None else websocket.send,
+            self._send_message,
             policy,
             context=context if context is not None else contextvars.copy_context(),
             on_stalled=self._stalled,
@@ -239,6 +241,17 @@ class Connection:
             self.close_reason = reason
         self._state = ConnectionState.CLOSED
         self._outbox.drop()
+
+    async def _send_message(self, message: Message) -> None:
+        """The outbox's way to Starlette's ``WebSocket.send`` (the close frame, and frames when
+        the ASGI send itself is not at hand)."""
+        await self._asgi_send(message)
+        if message["type"] == "websocket.close" and self.close_code is None:
+            # The server's close frame is written and nothing was heard from the client yet:
+            # its code is how the connection ended, whatever the client answers (uvicorn
+            # reports the server's code anyway; Starlette's TestClient answers 1000).
+            self.close_code = int(message.get("code", CloseCode.NORMAL))
+            self.close_reason = message.get("reason") or ""
 
     def on_stalled(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the client is dropped as a slow consumer (the session ends)."""

@@ -276,10 +276,11 @@ async def tenant_of() -> str:
 
 HOWS = ["ok", "runtime", "cancelled", "http", "event_error", "auth", "ws_exc", "bad_code"]
 CLOSING = {"auth": 4401, "ws_exc": 4003, "bad_code": 1011}
-TEST_CLIENT_CLOSE = 1000
-"""What `disconnect` gets in process after a server close: Starlette's TestClient answers the
-server's close frame with 1000 and the session records the close it reads (a real client
-echoes the server's code: see the uvicorn tests at the end)."""
+CLIENT_CLOSE = 1000
+"""The code the test client closes with at the end, when the server did not close first. After
+a server close, `disconnect` gets the server's code, although Starlette's TestClient answers
+every close frame with 1000 (a real client echoes the server's code: see the uvicorn tests at
+the end)."""
 LOGGED = {"runtime", "cancelled", "bad_code"}
 
 
@@ -451,7 +452,7 @@ def test_a_failing_handler_is_answered_alike_direct_with_an_id_and_observed(
     assert got["close"] == CLOSING.get(how), got
     # What the failed handler bound reaches neither the next event nor `disconnect`.
     assert got["peeked"] in (None, {"seen": "unset", "n": 1}), got
-    assert got["disconnects"] == [(TEST_CLIENT_CLOSE, "unset")], got
+    assert got["disconnects"] == [(CLOSING.get(how, CLIENT_CLOSE), "unset")], got
     assert len(got["errors"]) == (1 if how in LOGGED else 0), got
 
 
@@ -468,7 +469,7 @@ def test_routes_with_connect_or_concurrency_answer_alike(
     }
     assert seen["direct"] == seen["id"] == seen["observed"], seen
     assert seen["direct"]["frames"] == expected_frames(how)
-    assert seen["direct"]["disconnects"] == [(TEST_CLIENT_CLOSE, "unset")]
+    assert seen["direct"]["disconnects"] == [(CLOSING.get(how, CLIENT_CLOSE), "unset")]
     assert seen["direct"]["close"] == CLOSING.get(how)
 
 
@@ -683,7 +684,7 @@ def test_a_rate_limit_counts_direct_events_as_any_other(mode: str) -> None:
             ws.send_text(json.dumps(fail_frame(mode, "http", "now")))
         assert ws.expect_close() == 1008
     assert probe.gone.wait(10)
-    assert probe.disconnects == [(TEST_CLIENT_CLOSE, "unset")]
+    assert probe.disconnects == [(1008, "unset")]  # the server's close, not TestClient's 1000
 
 
 # -- manager.on("disconnect"), kicks and closed_by_server ------------------------------------
