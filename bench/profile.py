@@ -15,7 +15,9 @@ bucket              frames
 ==================  ==========================================================================
 inbound transport   uvicorn's ``data_received`` and the ``websockets`` parser, up to the ASGI
                     ``receive`` the app awaits (Starlette's ``receive`` included)
-reader / queue      the library's reader task and the hop from it to the dispatcher (new core)
+reader / queue      the library's reader task and the hop from it to the dispatcher (new core);
+                    since f55abfe also the reader's own dispatch of a ``(ws, payload)`` handler
+                    sent without an id (handler lookup and the call, in ``_read``)
 envelope decode     ``decode_envelope`` (library) or the ``loads`` line (plain servers)
 dispatch            the dispatcher: reserved/unknown checks, handler lookup, ``_call``/``_run``
 handler call        the compiled handler (payload validation, dependency solving) and the
@@ -74,7 +76,7 @@ def classify_frame(func: str, file: str, line: int | None) -> str | None:
     func = func.rsplit(".", 1)[-1]
     if "/fastapi_orcs_ws/" in f:
         if name == "protocol.py":
-            if func.startswith("decode"):
+            if func.startswith("decode") or func == "_decode_json":
                 return "envelope decode"
             if func.startswith("encode") or func in {"_dumps", "dumps"}:
                 return "encode reply"
@@ -90,7 +92,16 @@ def classify_frame(func: str, file: str, line: int | None) -> str | None:
         if name == "session.py":
             if func in {"_read"}:
                 return "reader / queue"
-            if func in {"_dispatch", "_dispatch_all", "_call", "_dispatch_released"}:
+            if func in {
+                "_dispatch",
+                "_dispatch_all",
+                "_call",
+                "_dispatch_released",
+                "_handle",
+                "_refuse",
+                "_resume",
+                "_failed_direct",
+            }:
                 return "dispatch"
             return "event loop / other"
         if name == "routing.py":
