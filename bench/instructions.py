@@ -49,12 +49,8 @@ ECHO_FRAME = json.dumps(
     separators=(",", ":"),
 )
 PUBLISH_FRAME = ECHO_FRAME.replace('"echo"', '"publish"', 1)
-SERVERS = {
-    "ours": "bench.servers.ours:app",
-    "ours-before": "bench.servers.ours:app",
-    "plain-orjson": "bench.servers.plain_orjson:app",
-    "plain": "bench.servers.plain:app",
-}
+SERVERS = ("ours", "ours-before", "plain-orjson", "plain")
+"""The servers this counts (named as in ``bench.run``, which builds their command lines)."""
 STARTUP_TIMEOUT = 180.0
 """Seconds a server under valgrind may take to listen (imports run ~50x slower)."""
 DRIVE_TIMEOUT = 600.0
@@ -102,39 +98,20 @@ async def _fanout(port: int, publishes: int, receivers: int) -> None:
         await asyncio.gather(*(ws.close() for ws in joined))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def count(server: str, workload: str, k: int, n: int, env: dict[str, str]) -> int:
     """Instructions of one server process from start to exit, serving ``k`` rounds."""
-    port = _free_port()
+    port = run.free_port()
     with tempfile.TemporaryDirectory(prefix="orcs-instr-") as tmp:
         out = Path(tmp) / "cachegrind.out"
+        server_cmd, server_env = run.uvicorn_command(server, port)  # as bench.run starts it
         cmd = [
             "valgrind",
             "--tool=cachegrind",
             "--cache-sim=no",
             f"--cachegrind-out-file={out}",
-            run.PY,
-            *(
-                ["-P", "-m", "uvicorn", "ours:app", "--app-dir", str(run.SERVERS_DIR)]
-                if server in run.WORKTREES
-                else ["-m", "uvicorn", SERVERS[server]]
-            ),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--ws",
-            "websockets-sansio",
-            *run.UVICORN_FLAGS,
+            *server_cmd,
         ]
-        full_env = {**os.environ, "PYTHONHASHSEED": "0", **env}
-        if server in run.WORKTREES:
-            full_env.update(run.worktree_env(run.WORKTREES[server]))
+        full_env = {**os.environ, "PYTHONHASHSEED": "0", **env, **server_env}
         errors = (Path(tmp) / "stderr").open("w+")  # a file: a full pipe would stall it
         proc = subprocess.Popen(
             cmd, cwd=run.ROOT, env=full_env, stdout=subprocess.DEVNULL, stderr=errors

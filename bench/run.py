@@ -236,6 +236,21 @@ def worktree_env(path: Path) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- servers
+def uvicorn_command(name: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The uvicorn command line of the Python bench server ``name`` on ``port`` (127.0.0.1,
+    the settings above), and what it adds to the environment (a worktree's ``PYTHONPATH``)."""
+    spec = SPECS[name]
+    tail = ["--host", "127.0.0.1", "--port", str(port), "--ws", spec["ws"], *UVICORN_FLAGS]
+    if name in WORKTREES:
+        # -P: the working directory (with today's package) is not put on sys.path;
+        # --app-dir: bench/servers (today's ours.py) comes first, the package from the
+        # worktree on PYTHONPATH; ours.py refuses to start if it imported anything else.
+        app = spec["app"].removeprefix("bench.servers.")
+        head = [PY, "-P", "-m", "uvicorn", app, "--app-dir", str(SERVERS_DIR)]
+        return [*head, *tail], worktree_env(WORKTREES[name])
+    return [PY, "-m", "uvicorn", spec["app"], *tail], {}
+
+
 class Server:
     def __init__(
         self, name: str, bun: str | None = None, env: dict[str, str] | None = None
@@ -247,41 +262,8 @@ class Server:
         extra_env: dict[str, str] = {}
         if "bun" in self.spec:
             cmd = [bun or "bun", "run", self.spec["bun"]]
-        elif name in WORKTREES:
-            # -P: the working directory (with today's package) is not put on sys.path;
-            # --app-dir: bench/servers (today's ours.py) comes first, the package from the
-            # worktree on PYTHONPATH; ours.py refuses to start if it imported anything else.
-            extra_env = worktree_env(WORKTREES[name])
-            cmd = [
-                PY,
-                "-P",
-                "-m",
-                "uvicorn",
-                self.spec["app"].removeprefix("bench.servers."),
-                "--app-dir",
-                str(SERVERS_DIR),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--ws",
-                self.spec["ws"],
-                *UVICORN_FLAGS,
-            ]
         else:
-            cmd = [
-                PY,
-                "-m",
-                "uvicorn",
-                self.spec["app"],
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--ws",
-                self.spec["ws"],
-                *UVICORN_FLAGS,
-            ]
+            cmd, extra_env = uvicorn_command(name, self.port)
         if self.spec.get("cprofile") and "uvicorn" in cmd:
             # bench.profile --tool cprofile: the same uvicorn command line under cProfile
             # (-P: see the script's docstring; uvicorn still puts --app-dir, "" = the

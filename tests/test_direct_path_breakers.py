@@ -45,36 +45,15 @@ from fastapi_orcs_ws import (
 )
 from fastapi_orcs_ws.connection import ConnectionData
 from fastapi_orcs_ws.errors import AuthenticationError
-from fastapi_orcs_ws.protocol import ErrorCode, ProtocolError, decode_parts
+from fastapi_orcs_ws.protocol import ErrorCode, decode_parts
 from fastapi_orcs_ws.testing import EventClient, EventSession, serve
 
+from .decoders import needs_msgspec, outcome, outcome_without_msgspec
 from .wsclient import client, expect, recv, send
 
 bound: contextvars.ContextVar[str] = contextvars.ContextVar("direct_bound", default="unset")
 
 # -- the decoder: msgspec's answers against pydantic-core's, and no infinity gets in ---------
-
-
-def outcome(text: str) -> tuple[Any, ...]:
-    """``decode_parts``'s answer as text that tells 1 from 1.0 and -0.0 from 0.0."""
-    try:
-        return ("ok", repr(decode_parts(text)))
-    except ProtocolError as exc:
-        return (exc.code, exc.message)
-
-
-def outcome_without_msgspec(text: str) -> tuple[Any, ...]:
-    fast = protocol._fast_decode
-    protocol._fast_decode = None
-    try:
-        return outcome(text)
-    finally:
-        protocol._fast_decode = fast
-
-
-needs_msgspec = pytest.mark.skipif(
-    protocol._fast_decode is None, reason="the msgspec extra is not installed"
-)
 
 
 def has_non_finite(value: Any) -> bool:

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
-from fastapi_orcs_ws import Connection, ErrorCode, WebSocketRouter, WebSocketSettings, protocol
+from fastapi_orcs_ws import Connection, ErrorCode, WebSocketRouter, WebSocketSettings
 from fastapi_orcs_ws.protocol import (
     LARGE_FRAME_CHARS,
     MAX_ID_CHARS,
@@ -34,9 +34,10 @@ from fastapi_orcs_ws.protocol import (
     Envelope,
     ProtocolError,
     decode_envelope,
-    decode_parts,
 )
 from fastapi_orcs_ws.testing import EventClient, EventSession
+
+from .decoders import needs_msgspec, outcome, outcome_without_msgspec
 
 DOCUMENTED = {code.value for code in ErrorCode}
 MAX_ERROR_REPLY = 40_000
@@ -229,28 +230,11 @@ decoder_inputs = st.one_of(
 )
 
 
-def outcome(decode: Any, text: str) -> tuple[str, str]:
-    """What a decoder made of ``text``, as text that tells 1 from 1.0 and -0.0 from 0.0."""
-    try:
-        return "ok", repr(decode(text))
-    except ProtocolError as exc:
-        return exc.code, exc.message
-
-
-def decode_without_msgspec(text: str) -> tuple[str, Any, Any]:
-    fast = protocol._fast_decode
-    protocol._fast_decode = None
-    try:
-        return decode_parts(text)
-    finally:
-        protocol._fast_decode = fast
-
-
-@pytest.mark.skipif(protocol._fast_decode is None, reason="the msgspec extra is not installed")
+@needs_msgspec
 @settings(FUZZ, max_examples=1500)
 @given(decoder_inputs)
 def test_the_msgspec_path_decodes_exactly_as_pydantic_core(text: str) -> None:
-    assert outcome(decode_parts, text) == outcome(decode_without_msgspec, text)
+    assert outcome(text) == outcome_without_msgspec(text)
 
 
 @pytest.mark.parametrize("number", ["1e400", "-1e999", "1" + "0" * 400 + ".0"])
